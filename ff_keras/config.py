@@ -1,0 +1,138 @@
+"""Typed run configuration: YAML -> dataclasses, strict, with dotted command-line overrides.
+
+OmegaConf validates against the dataclass schema, so an unknown key or a value of the
+wrong type raises instead of being ignored. ``load_config(path, ["train.epochs=3"])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/data"  # overridden by $FF_DATA_ROOT; relative to the repo root
+    manifests_dir: str = "splits"  # committed split manifests (CSV), relative to the repo root
+    sources: list[str] = field(default_factory=lambda: ["fairface", "utkface"])
+    image_size: int = 160
+    batch_size: int = 64
+    shuffle_buffer: int = 4096
+    cache: bool = False  # cache decoded uint8 images in memory after the first epoch
+    limit_train: int = 0  # 0 = all rows; >0 takes a seeded stratified subset (smoke runs)
+    limit_eval: int = 0
+    validate_files: bool = True  # pre-flight check that every image decodes
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    # ColorJitter strengths of the original PyTorch recipe.
+    brightness: float = 0.15
+    contrast: float = 0.15
+    saturation: float = 0.15
+    hue: float = 0.05
+    random_resized_crop: bool = False
+    crop_scale_min: float = 0.8
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mobilenet_v2"  # key of ff_keras.backbones.BACKBONES
+    weights: Optional[str] = None  # converted backbone weights (.npz / .weights.h5), or None
+    embedding: str = "pooled"  # dlib_resnet: "pooled" (256-d) | "descriptor" (128-d)
+    embed_dim: int = 512
+    dropout: float = 0.3
+    heads: list[str] = field(default_factory=lambda: ["age", "gender", "race", "race_utk"])
+    age_years_head: bool = True
+    freeze_backbone: bool = False
+    freeze_up_to: int = 0  # freeze the stem and stages < N (0 = nothing)
+    weight_decay: float = 1e-4
+    width: float = 1.0  # backbone width multiplier (tiny test models use < 1)
+
+
+@dataclass
+class StageConfig:
+    """One phase of staged fine-tuning."""
+
+    epochs: int = 1
+    lr: float = 1e-3
+    freeze_backbone: bool = False
+    freeze_up_to: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0 = a full pass over the training split
+    validation_steps: int = 0
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    age_years_loss: str = "huber"  # "l1" | "huber"
+    loss_weights: dict[str, float] = field(
+        default_factory=lambda: {"age": 1.0, "gender": 1.0, "race": 1.0, "race_utk": 1.0, "age_years": 0.05}
+    )
+    loss_weighting: str = "fixed"  # "fixed" | "uncertainty" | "dwa"
+    dwa_temperature: float = 2.0
+    stages: list[StageConfig] = field(default_factory=list)  # empty = one stage with the fields above
+    cache_frozen_embeddings: bool = True
+    mixed_precision: str = "auto"  # "auto" | "float32" | "mixed_float16" | "mixed_bfloat16"
+    distribute: str = "none"  # "none" | "mirrored" | "multi_worker"
+    monitor: str = "val_race_accuracy"
+    early_stopping_patience: int = 5
+    seed: int = 0
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # "online" | "offline" | "disabled"
+    project: str = "ff_keras"
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    dir: str = "runs/wandb"
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Loads ``path`` over the defaults, then applies ``key.sub=value`` overrides.
+
+    Raises:
+        ValueError: on unknown keys, wrong types or a malformed override, naming it.
+    """
+    try:
+        merged = OmegaConf.structured(Config)
+        if path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(str(path)))
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form key.sub=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"invalid config ({path or 'defaults'}): {err}") from err
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -1,0 +1,149 @@
+"""Face identity descriptors and image hashes used to keep one person's photos in one split.
+
+dlib's face-recognition ResNet gives 128-d descriptors (same person: distance < ~0.6).
+Computing them costs ~0.08 s per image on this CPU, so they are cached in an ``.npz``
+keyed by the image path relative to the data root; the cache is written in chunks so a
+killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+DESCRIPTOR_DIM = 128
+DHASH_BITS = 256  # 16x16 difference hash, the size quoted in the data README
+
+
+def _model_dir() -> Path:
+    import face_recognition_models
+
+    return Path(face_recognition_models.__file__).parent / "models"
+
+
+_MODELS = None
+
+
+def _models():
+    """Loads dlib's detector, 5-point predictor and descriptor net once per process."""
+    global _MODELS
+    if _MODELS is None:
+        import dlib
+
+        d = _model_dir()
+        _MODELS = (
+            dlib.get_frontal_face_detector(),
+            dlib.shape_predictor(str(d / "shape_predictor_5_face_landmarks.dat")),
+            dlib.face_recognition_model_v1(str(d / "dlib_face_recognition_resnet_model_v1.dat")),
+        )
+    return _MODELS
+
+
+def face_descriptor(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+    """128-d dlib descriptor of the main face in a face crop.
+
+    HOG misses ~25 % of tight dataset crops, so when it finds nothing the central
+    2/3 of the crop (where a padding-0.25 chip puts the face) seeds the landmarks.
+
+    Returns:
+        (descriptor float32 [128], whether HOG detected the face)
+    """
+    import dlib
+
+    detector, predictor, net = _models()
+    h, w = rgb.shape[:2]
+    dets = detector(rgb, 0)
+    if len(dets):
+        rect = max(dets, key=lambda r: r.width() * r.height())
+    else:
+        rect = dlib.rectangle(w // 6, h // 6, w - w // 6, h - h // 6)
+    shape = predictor(rgb, rect)
+    return np.asarray(net.compute_face_descriptor(rgb, shape), np.float32), bool(len(dets))
+
+
+def dhash(rgb: np.ndarray, hash_size: int = 16) -> np.ndarray:
+    """Difference hash (hash_size**2 bits, packed to uint8) robust to re-encoding and mild re-cropping."""
+    gray = Image.fromarray(rgb).convert("L").resize((hash_size + 1, hash_size), Image.LANCZOS)
+    px = np.asarray(gray, np.int16)
+    return np.packbits((px[:, 1:] > px[:, :-1]).ravel())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _describe_one(path: str) -> tuple[np.ndarray, bool, np.ndarray, str]:
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    vec, detected = face_descriptor(rgb)
+    return vec, detected, dhash(rgb), file_sha256(path)
+
+
+def load_cache(cache_path: Path) -> dict[str, np.ndarray]:
+    if not cache_path.exists():
+        return {"key": np.array([], dtype=object)}
+    with np.load(cache_path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def compute_embeddings(
+    data_root: Path,
+    rel_paths: Sequence[str],
+    cache_path: Path,
+    workers: int = 2,
+    chunk: int = 2000,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Descriptors, detection flags, dHashes and SHA-256 for ``rel_paths``, cached and resumable.
+
+    Returns a dict of aligned arrays: ``key`` (relative path), ``descriptor`` [N,128],
+    ``detected`` [N], ``dhash`` [N,32] uint8, ``sha256`` [N] str.
+    """
+    cache = load_cache(cache_path)
+    have = set(cache["key"].tolist())
+    todo = [p for p in dict.fromkeys(rel_paths) if p not in have]
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="identity descriptors", disable=not progress, mininterval=10)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                results = list(pool.map(_describe_one, [str(data_root / p) for p in part], chunksize=16))
+                cache = _append(cache, part, results)
+                _save(cache, cache_path)
+                bar.update(len(part))
+        bar.close()
+    index = {k: i for i, k in enumerate(cache["key"].tolist())}
+    missing = [p for p in rel_paths if p not in index]
+    if missing:
+        raise KeyError(f"{len(missing)} paths missing from identity cache, e.g. {missing[0]}")
+    rows = np.array([index[p] for p in rel_paths], dtype=np.int64)
+    return {k: v[rows] for k, v in cache.items()}
+
+
+def _append(cache: dict, keys: list[str], results: Iterable) -> dict:
+    vecs, detected, hashes, shas = zip(*results)
+    new = {
+        "key": np.array(keys, dtype=str),
+        "descriptor": np.stack(vecs).astype(np.float32),
+        "detected": np.array(detected, dtype=bool),
+        "dhash": np.stack(hashes).astype(np.uint8),
+        "sha256": np.array(shas, dtype=str),
+    }
+    if len(cache["key"]) == 0:
+        return new
+    return {k: np.concatenate([cache[k].astype(new[k].dtype) if k in ("key", "sha256") else cache[k], new[k]]) for k in new}
+
+
+def _save(cache: dict, cache_path: Path) -> None:
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
+    np.savez(tmp, **{k: (v.astype(str) if v.dtype == object else v) for k, v in cache.items()})
+    os.replace(tmp, cache_path)

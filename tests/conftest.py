@@ -1,0 +1,43 @@
+"""Shared fixtures: the real data root and a `large` marker skipped unless --run-large."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-large", action="store_true", help="run tests marked large")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-large"):
+        return
+    skip = pytest.mark.skip(reason="large test: pass --run-large")
+    for item in items:
+        if "large" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    from ff_keras.datasets import resolve_data_root
+
+    root = resolve_data_root()
+    if not (root / "fairface").is_dir():
+        pytest.fail(f"data root {root} has no fairface/ folder; set FF_DATA_ROOT")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fairface_images(data_root) -> list[Path]:
+    """A fixed handful of real FairFace validation crops."""
+    return [data_root / "fairface" / "val" / f"{i}.jpg" for i in range(1, 17)]
