@@ -28,6 +28,12 @@ class DataConfig:
     limit_eval: int = 0
     validate_files: bool = True  # pre-flight check that every image decodes
     seed: int = 0
+    # Parallel map may emit elements out of order: faster, but batch order then varies run to run.
+    deterministic: bool = True
+    jpeg_dct_method: str = ""  # "" (libjpeg default, matches PIL) | "INTEGER_FAST" | "INTEGER_ACCURATE"
+    # Stage batches on the GPU (custom loops, one GPU, train.distribute == "none"); off by
+    # default: untested here (no GPU) and known to be fragile under Keras/tf.distribute.
+    prefetch_to_device: bool = False
 
 
 @dataclass
@@ -39,7 +45,10 @@ class AugmentConfig:
     saturation: float = 0.15
     hue: float = 0.05
     random_resized_crop: bool = False
-    crop_scale_min: float = 0.8
+    crop_scale_min: float = 0.8  # crop area fraction in [crop_scale_min, 1]
+    crop_ratio_min: float = 0.75  # aspect-ratio range of the crop (torchvision's 3/4 .. 4/3)
+    crop_ratio_max: float = 1.3333333
+    jit_compile: bool = True  # run augmentation as one XLA-compiled function
 
 
 @dataclass
@@ -89,6 +98,12 @@ class TrainConfig:
     monitor: str = "val_race_accuracy"
     early_stopping_patience: int = 5
     seed: int = 0
+    # The run folder is <output_dir>/<name>-<run_id>; "" = a new timestamp. Giving the id of an
+    # existing folder resumes that run (finished stages are skipped, the current one restored).
+    run_id: str = ""
+    cache_flip: bool = True  # embedding cache also holds left-right flipped training images
+    jit_compile: bool = False  # XLA; worth it on GPU, slow to compile on CPU
+    verbose: int = 1  # Keras progress: 1 = bar per step, 2 = one line per epoch
 
 
 @dataclass
@@ -97,7 +112,22 @@ class WandbConfig:
     project: str = "ff_keras"
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
-    dir: str = "runs/wandb"
+    dir: str = ""  # "" = inside the run folder (<run>/wandb/offline-run-*); `wandb sync` it later
+
+
+@dataclass
+class EvalConfig:
+    """scripts/evaluate.py: bootstrap, slices, calibration bins, TTA."""
+
+    n_boot: int = 1000  # bootstrap resamples for every CI
+    level: float = 0.95  # CI level
+    seed: int = 0
+    min_group_n: int = 20  # groups smaller than this are listed but excluded from worst/gap/ratio
+    ece_bins: int = 15
+    batch_size: int = 64
+    tta: str = "none"  # "none" | "flip" (horizontal-flip averaging)
+    identity_cache: Optional[str] = ".cache/identity_v1.npz"  # for a full leakage re-check (repo-relative)
+    leakage_report: str = "reports/leakage.json"  # fallback: figures of the split-time check
 
 
 @dataclass
@@ -109,6 +139,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,10 +22,15 @@ DESCRIPTOR_DIM = 128
 DHASH_BITS = 256  # 16x16 difference hash, the size quoted in the data README
 
 
-def _model_dir() -> Path:
-    import face_recognition_models
+def face_models_dir() -> Path:
+    """Folder of dlib's model files shipped by the ``face-recognition-models`` pip package."""
+    import importlib.util
 
-    return Path(face_recognition_models.__file__).parent / "models"
+    # find_spec, not import: the package's __init__ needs pkg_resources, gone from new setuptools.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("pip package face-recognition-models is not installed")
+    return Path(spec.origin).parent / "models"
 
 
 _MODELS = None
@@ -36,7 +42,7 @@ def _models():
     if _MODELS is None:
         import dlib
 
-        d = _model_dir()
+        d = face_models_dir()
         _MODELS = (
             dlib.get_frontal_face_detector(),
             dlib.shape_predictor(str(d / "shape_predictor_5_face_landmarks.dat")),
@@ -106,6 +112,7 @@ def compute_embeddings(
     ``detected`` [N], ``dhash`` [N,32] uint8, ``sha256`` [N] str.
     """
     cache = load_cache(cache_path)
+    cache["key"] = repair_keys(cache["key"], rel_paths)
     have = set(cache["key"].tolist())
     todo = [p for p in dict.fromkeys(rel_paths) if p not in have]
     if todo:
@@ -139,7 +146,8 @@ def _append(cache: dict, keys: list[str], results: Iterable) -> dict:
     }
     if len(cache["key"]) == 0:
         return new
-    return {k: np.concatenate([cache[k].astype(new[k].dtype) if k in ("key", "sha256") else cache[k], new[k]]) for k in new}
+    # No cast of the old strings to the new chunk's width: that truncated longer keys (see repair_keys).
+    return {k: np.concatenate([cache[k], new[k]]) for k in new}
 
 
 def _save(cache: dict, cache_path: Path) -> None:
@@ -147,3 +155,30 @@ def _save(cache: dict, cache_path: Path) -> None:
     tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
     np.savez(tmp, **{k: (v.astype(str) if v.dtype == object else v) for k, v in cache.items()})
     os.replace(tmp, cache_path)
+
+
+def repair_keys(keys: np.ndarray, rel_paths: Sequence[str]) -> np.ndarray:
+    """Restores cache keys cut short by an older ``_append``, which cast the cached keys to the
+    string width of the newest chunk (``fairface/val/10000.jpg`` -> ``fairface/val/10000.jp``).
+
+    Keys are written in sorted order within a run, so a cut key becomes the smallest path
+    of ``rel_paths`` that starts with it and sorts after the previous key; keys that match
+    nothing (files not asked for) stay as they are.
+    """
+    import bisect
+
+    universe = sorted(set(rel_paths))
+    known = set(universe)
+    out, prev = [], ""
+    for key in np.asarray(keys).tolist():
+        if key not in known:
+            lo = bisect.bisect_left(universe, key)
+            hits = [u for u in universe[lo : lo + 64] if u.startswith(key)]
+            after = [u for u in hits if u > prev] or hits
+            key = after[0] if after else key
+        out.append(key)
+        prev = key
+    if len(set(out)) != len(out):
+        dup = next(k for k, c in Counter(out).items() if c > 1)
+        raise ValueError(f"identity cache keys are ambiguous after repair, e.g. {dup!r}: delete the cache")
+    return np.array(out, dtype=str)

@@ -1,19 +1,37 @@
 """Identity-disjoint, stratified train/val/test splits and their committed manifests.
 
 Manifest CSV columns: the canonical table's (see ``datasets``) plus ``group_id`` (images
-that must stay together: same identity or duplicate photo) and ``split``.
+that must stay together: same identity or duplicate photo, see ``grouping``) and ``split``.
+
+Both sources are split jointly: FairFace and UTKFace share re-encoded copies of the same
+photos, so a FairFace image and its UTKFace copy must land in the same split.
+
+Exact-copy policy: byte-identical files (equal SHA-256) whose labels agree are one image,
+kept once (the first path in sort order); when their labels disagree (UTKFace has 259 such
+groups) nobody knows which label is right, so every copy is dropped.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = (
     "rel_path", "source", "age_years", "age_bin", "gender", "race", "service_test", "group_id", "split",
 )
+
+
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+LABEL_COLUMNS = ("source", "age_years", "age_bin", "gender", "race")
+STRATUM_COLUMNS = ("source", "race", "gender", "age_bin")
+DROP_CONFLICT = "exact copies with conflicting labels"
+DROP_COPY = "exact copy of a kept image"
 
 
 def manifest_path(manifests_dir: str | Path, source: str) -> Path:
@@ -38,3 +56,110 @@ def load_split(manifests_dir: str | Path, sources: list[str] | tuple[str, ...], 
             raise ValueError(f"{path} lacks columns {missing}")
         frames.append(df.loc[df["split"] == split])
     return pd.concat(frames, ignore_index=True)
+
+
+def resolve_exact_duplicates(table: pd.DataFrame, sha256: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Applies the exact-copy policy (module docstring).
+
+    Args:
+        table: canonical rows sorted by ``rel_path``.
+        sha256: file hash per row.
+
+    Returns:
+        (keep mask, dropped rows with columns rel_path, reason, duplicate_of)
+    """
+    if len(sha256) != len(table):
+        raise ValueError(f"{len(sha256)} hashes for {len(table)} rows")
+    labels = _row_keys(table, LABEL_COLUMNS)
+    df = pd.DataFrame({"rel_path": table["rel_path"].to_numpy(), "sha": np.asarray(sha256), "labels": labels})
+    keep = np.ones(len(df), bool)
+    dropped = []
+    for _, g in df.loc[df["sha"].duplicated(keep=False)].groupby("sha", sort=True):
+        g = g.sort_values("rel_path")
+        first = g["rel_path"].iloc[0]
+        if g["labels"].nunique() > 1:
+            keep[g.index] = False
+            dropped += [(p, DROP_CONFLICT, ";".join(q for q in g["rel_path"] if q != p)) for p in g["rel_path"]]
+        else:
+            keep[g.index[1:]] = False
+            dropped += [(p, DROP_COPY, first) for p in g["rel_path"].iloc[1:]]
+    out = pd.DataFrame(dropped, columns=["rel_path", "reason", "duplicate_of"])
+    return keep, out.sort_values("rel_path", ignore_index=True)
+
+
+def strata(table: pd.DataFrame) -> np.ndarray:
+    """Stratum per row: source x race x gender x age bin."""
+    return _row_keys(table, STRATUM_COLUMNS)
+
+
+def _row_keys(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """One string per row joining ``columns`` (NaN -> "nan", so missing ages compare equal)."""
+    cols = [table[c].to_numpy(dtype=object) for c in columns]
+    return np.array(["|".join(map(str, vals)) for vals in zip(*cols)], dtype=object)
+
+
+def assign_splits(
+    stratum: np.ndarray,
+    groups: np.ndarray,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    n_folds: int = 20,
+) -> np.ndarray:
+    """Split name per row: whole groups go to one split, strata keep ~``fractions``.
+
+    One StratifiedGroupKFold pass into ``n_folds`` equal folds, then whole folds are
+    handed to train/val/test (20 folds of 5 % give 70/15/15 exactly).
+    """
+    counts = np.rint(np.asarray(fractions, float) * n_folds).astype(int)
+    if len(fractions) != len(SPLITS) or not np.allclose(counts, np.asarray(fractions) * n_folds) or counts.sum() != n_folds:
+        raise ValueError(f"fractions {tuple(fractions)} must be 3 multiples of 1/{n_folds} summing to 1")
+    fold_split = np.repeat(np.arange(len(SPLITS)), counts)
+    fold = np.empty(len(stratum), np.int64)
+    sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Tiny strata (< n_folds rows) cannot be spread evenly; their drift is reported instead.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for k, (_, test_idx) in enumerate(sgkf.split(np.zeros(len(stratum)), stratum, groups)):
+            fold[test_idx] = k
+    return np.asarray(SPLITS, dtype=object)[fold_split[fold]]
+
+
+def write_manifests(manifest: pd.DataFrame, manifests_dir: str | Path) -> list[Path]:
+    """One CSV per source, sorted by rel_path, written byte-for-byte deterministically."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}")
+    paths = []
+    for source, df in manifest.groupby("source", sort=True):
+        path = manifest_path(manifests_dir, source)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df = df.sort_values("rel_path")[list(MANIFEST_COLUMNS)]
+        df.to_csv(path, index=False, float_format="%.1f", lineterminator="\n")
+        paths.append(path)
+    return paths
+
+
+def build_manifest(
+    table: pd.DataFrame,
+    embeddings: dict[str, np.ndarray],
+    params=None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Canonical table + aligned identity cache -> (manifest, dropped rows, grouping info).
+
+    Applies the exact-copy policy, groups the kept images (``grouping.group_images``) and
+    assigns whole groups to splits, stratified over source x race x gender x age bin.
+    """
+    from ff_keras.grouping import GroupingParams, group_images
+
+    params = params or GroupingParams()
+    if list(embeddings["key"]) != list(table["rel_path"]):
+        raise ValueError("embeddings are not aligned with the table's rel_path order")
+    keep, dropped = resolve_exact_duplicates(table, embeddings["sha256"])
+    kept = table.loc[keep].reset_index(drop=True)
+    groups, info = group_images(
+        embeddings["descriptor"][keep], embeddings["dhash"][keep], embeddings["sha256"][keep], params
+    )
+    manifest = kept.assign(group_id=groups, split=assign_splits(strata(kept), groups, fractions, seed))
+    return manifest[list(MANIFEST_COLUMNS)], dropped, info

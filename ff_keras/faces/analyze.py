@@ -1,0 +1,193 @@
+"""Photos in, one record per face out: read, detect, align, classify in batches, draw, tabulate.
+
+Chips from all photos are pooled and classified ``batch_size`` at a time, so a folder of
+photos with few faces each still makes full batches (one model call per face would cost a
+Python round trip and a tiny matmul each).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from ff_keras.faces.detect import DETECTORS, Face, detect_and_align
+
+NO_DETECTOR = "none"
+# CLI spellings: "dlib" is dlib's HOG detector, the fast one.
+DETECTOR_ALIASES = {"dlib": "dlib_hog", **{d: d for d in DETECTORS}, NO_DETECTOR: NO_DETECTOR}
+
+
+@dataclass
+class Report:
+    """Everything ``analyze`` found; ``to_json`` is the CLI's ``--json`` document."""
+
+    detector: str
+    records: list[dict] = field(default_factory=list)
+    no_faces: list[str] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)  # {"path", "error"}
+    read: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "detector": self.detector,
+            "images_read": self.read,
+            "faces": self.records,
+            "no_faces": self.no_faces,
+            "unreadable": self.unreadable,
+        }
+
+
+def resolve_detector(name: str) -> str:
+    if name not in DETECTOR_ALIASES:
+        raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTOR_ALIASES)}")
+    return DETECTOR_ALIASES[name]
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
+    """Files as given plus every file in given folders (sorted, recursive, hidden ones left out).
+
+    Returns:
+        (paths, whether any input was a folder) - folders get a progress bar.
+    """
+    paths, any_dir = [], False
+    for item in map(Path, inputs):
+        if item.is_dir():
+            any_dir = True
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            paths.append(item)  # a missing file is reported as unreadable later
+    return paths, any_dir
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """uint8 [H, W, 3] RGB with the EXIF orientation applied (phone photos are stored sideways).
+
+    Raises:
+        ValueError: naming the file when it is missing or not a decodable image.
+    """
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def analyze(
+    paths: Iterable[str | Path],
+    predictor,
+    detector: str,
+    batch_size: int = 32,
+    progress: bool = False,
+    min_face: int = 40,
+) -> Report:
+    """Detects, aligns and classifies every face in ``paths`` with ``predictor``
+    (``ff_keras.predictor.Predictor``); ``detector="none"`` takes each image as one aligned face."""
+    from tqdm import tqdm
+
+    detector = resolve_detector(detector)
+    size = predictor.info.image_size
+    report = Report(detector)
+    pending: list[tuple[dict, np.ndarray]] = []
+
+    def flush() -> None:
+        if pending:
+            chips = np.stack([c for _, c in pending])
+            for (rec, _), pred in zip(pending, predictor.predict_labels(chips)):
+                rec["predictions"] = pred
+            pending.clear()
+
+    paths = list(paths)
+    for path in tqdm(paths, desc="photos", unit="photo", disable=not progress, file=sys.stderr):
+        try:
+            rgb = read_rgb(path)
+        except ValueError as err:
+            report.unreadable.append({"path": str(path), "error": str(err)})
+            continue
+        report.read += 1
+        faces, chips = _faces_in(rgb, detector, size, min_face)
+        if not faces:
+            report.no_faces.append(str(path))
+        for i, (face, chip) in enumerate(zip(faces, chips)):
+            rec = {"image": str(path), "face": i, "detector": detector, **_face_fields(face, rgb)}
+            report.records.append(rec)
+            pending.append((rec, chip))
+            if len(pending) >= batch_size:
+                flush()
+    flush()
+    return report
+
+
+def _faces_in(rgb: np.ndarray, detector: str, size: int, min_face: int) -> tuple[list[Face | None], np.ndarray]:
+    if detector == NO_DETECTOR:
+        chip = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+        return [None], chip[None]
+    return detect_and_align(rgb, detector, size, min_face)
+
+
+def _face_fields(face: Face | None, rgb: np.ndarray) -> dict:
+    if face is None:  # the whole image is the face
+        return {"box": [0, 0, int(rgb.shape[1]), int(rgb.shape[0])], "confidence": None, "landmarks": None}
+    return face.to_dict()
+
+
+def format_table(records: Sequence[dict], heads: Sequence[str]) -> str:
+    """A fixed-width table: one row per face with each head's top label and its probability."""
+    cols = ["image", "face", "box", "conf"] + list(heads)
+    rows = []
+    for r in records:
+        conf = "-" if r["confidence"] is None else f"{r['confidence']:.2f}"
+        row = [Path(r["image"]).name, str(r["face"]), ",".join(map(str, r["box"])), conf]
+        for h in heads:
+            p = r["predictions"][h]
+            row.append(f"{p['label']} ({p['probabilities'][p['label']]:.2f})")
+        rows.append(row)
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def draw_faces(rgb: np.ndarray, records: Sequence[dict], heads: Sequence[str]) -> Image.Image:
+    """The photo with each face's box, landmarks, id and top labels drawn on it."""
+    im = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(im)
+    line = max(2, round(max(im.size) / 400))
+    font = ImageFont.load_default(size=max(12, round(max(im.size) / 60)))
+    for r in records:
+        x, y, w, h = r["box"]
+        draw.rectangle([x, y, x + w, y + h], outline=(0, 255, 0), width=line)
+        for px, py in r["landmarks"] or []:
+            draw.ellipse([px - line, py - line, px + line, py + line], fill=(255, 0, 0))
+        text = "\n".join([f"#{r['face']}"] + [r["predictions"][hd]["label"] for hd in heads])
+        box = draw.multiline_textbbox((x, y + h + line), text, font=font)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.multiline_text((x, y + h + line), text, fill=(255, 255, 255), font=font)
+    return im
+
+
+def write_annotated(report: Report, out_dir: str | Path, heads: Sequence[str]) -> list[Path]:
+    """Writes ``<stem>_faces.jpg`` for every readable photo into ``out_dir``; returns the paths.
+
+    Photos with the same file name in different folders get a numeric suffix, never overwrite.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_image: dict[str, list[dict]] = {p: [] for p in report.no_faces}
+    for r in report.records:
+        by_image.setdefault(r["image"], []).append(r)
+    written: list[Path] = []
+    for image, recs in by_image.items():
+        target = out_dir / f"{Path(image).stem}_faces.jpg"
+        n = 1
+        while target in written:
+            target = out_dir / f"{Path(image).stem}_faces_{n}.jpg"
+            n += 1
+        draw_faces(read_rgb(image), recs, heads).save(target, quality=90)
+        written.append(target)
+    return written

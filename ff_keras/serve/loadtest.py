@@ -1,0 +1,106 @@
+"""A real server in a subprocess and an HTTP load generator, shared by tests and the benchmark.
+
+The server is started exactly as an operator would (``scripts/serve.py``) so tests and
+benchmarks exercise the CLI, uvicorn's worker processes and the app factory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(
+    model: str | Path, args: Sequence[str] = (), timeout: float = 120.0, log_path: str | Path | None = None
+) -> Iterator[str]:
+    """Starts ``scripts/serve.py --model MODEL ARGS`` on a free loopback port; yields its base URL.
+
+    Waits for ``/health`` to answer 200 and stops the server (and its workers) on exit.
+    """
+    port = free_port()
+    cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--model", str(model), "--port", str(port),
+           "--log-level", "warning", *args]
+    url = f"http://127.0.0.1:{port}"
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "w")) if log_path else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        stack.callback(_stop, proc)
+        _wait_healthy(proc, url, timeout, cmd, log_path)
+        yield url
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float, cmd: list[str], log_path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}: {' '.join(cmd)} (log: {log_path})")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server not healthy after {timeout}s: {' '.join(cmd)}")
+        time.sleep(0.25)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()  # uvicorn stops its worker processes on SIGTERM
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _client(http: httpx.AsyncClient, url: str, payload: bytes, n: int, latencies: list, errors: list) -> None:
+    for _ in range(n):
+        t = time.perf_counter()
+        try:
+            r = await http.post(url, files={"file": ("face.jpg", payload, "image/jpeg")})
+            if r.status_code != 200:
+                errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                continue
+        except httpx.HTTPError as err:
+            errors.append(repr(err))
+            continue
+        latencies.append(time.perf_counter() - t)
+
+
+async def load_test(base_url: str, payload: bytes, clients: int = 16, requests_per_client: int = 500) -> dict:
+    """``clients`` concurrent connections each POSTing ``requests_per_client`` images to /predict."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=120.0) as http:
+        url = f"{base_url}/predict"
+        await http.post(url, files={"file": ("face.jpg", payload, "image/jpeg")})  # warm-up
+        t = time.perf_counter()
+        await asyncio.gather(*[_client(http, url, payload, requests_per_client, latencies, errors) for _ in range(clients)])
+        wall = time.perf_counter() - t
+        meta = (await http.get(f"{base_url}/metadata")).json()
+    lat = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
+    return {
+        "clients": clients, "requests": clients * requests_per_client, "ok": len(latencies), "errors": len(errors),
+        "error_examples": errors[:3], "wall_s": wall, "req_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "batching_one_worker": meta["batching"],
+    }

@@ -1,0 +1,207 @@
+"""Weights & Biases logging: offline by default, imported lazily, a no-op when disabled.
+
+Offline runs land in ``<wandb dir>/wandb/offline-run-*/run-<id>.wandb`` and are uploaded
+later with ``wandb sync``. Offline mode writes no summary JSON, so ``read_wandb_records``
+parses the ``.wandb`` transaction log itself (LevelDB log framing around ``Record`` protos).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import keras
+import numpy as np
+
+MODES = ("online", "offline", "disabled")
+_BLOCK = 32768  # LevelDB log block size used by W&B's transaction log
+_HEADER = 7  # ":W&B" + magic (2 bytes) + version (1 byte); each record header is also 7 bytes
+_FULL, _LAST = 1, 4
+
+
+def wandb_key(name: str) -> str:
+    """Keras log name -> W&B panel name: ``val_race_accuracy`` -> ``val/race_accuracy``."""
+    for prefix in ("val_", "loss_weight_"):
+        if name.startswith(prefix):
+            return f"{prefix[:-1]}/{name[len(prefix):]}"
+    if name in ("lr", "learning_rate", "epoch"):
+        return name
+    return f"train/{name}"
+
+
+class Tracker:
+    """Thin wrapper over one W&B run; every method is a no-op when ``mode='disabled'``."""
+
+    def __init__(
+        self,
+        mode: str,
+        project: str,
+        run_dir: str | Path,
+        name: str,
+        config: Mapping[str, Any],
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        run_id: str | None = None,
+        wandb_dir: str | Path | None = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown wandb.mode {mode!r}; expected one of {MODES}")
+        self.mode = mode
+        self.run = None
+        self.last_step = -1
+        if mode == "disabled":
+            return
+        import wandb  # lazy: training without W&B never imports it
+
+        directory = Path(wandb_dir) if wandb_dir else Path(run_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            mode=mode,
+            project=project,
+            name=name,
+            dir=str(directory),
+            config=dict(config),
+            group=group,
+            tags=list(tags) or None,
+            id=run_id,
+            resume="allow" if run_id else None,
+            reinit="finish_previous",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.run is not None
+
+    @property
+    def run_path(self) -> Path | None:
+        """Folder of the local run files (holds the ``.wandb`` log)."""
+        return Path(self.run.dir).parent if self.enabled else None
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self.enabled:
+            self.last_step = max(self.last_step, step if step is not None else self.last_step + 1)
+            self.run.log({wandb_key(k): _plain(v) for k, v in metrics.items()}, step=step)
+
+    def log_final(
+        self,
+        metrics: Mapping[str, float],
+        confusions: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+        out_dir: str | Path | None = None,
+    ) -> None:
+        """End of run: a table of val metrics and one confusion-matrix image per head.
+
+        The PNGs are also written to ``out_dir`` so a disabled-W&B run keeps them.
+        """
+        figures = {head: confusion_figure(cm, names, head) for head, (cm, names) in confusions.items()}
+        if out_dir is not None:
+            for head, fig in figures.items():
+                fig.savefig(Path(out_dir) / f"confusion_{head}.png", dpi=80)
+        if self.enabled:
+            import wandb
+
+            rows = [[k, float(v)] for k, v in sorted(metrics.items())]
+            payload: dict[str, Any] = {"val_metrics": wandb.Table(columns=["metric", "value"], data=rows)}
+            payload.update({f"confusion/{h}": wandb.Image(fig) for h, fig in figures.items()})
+            # Its own step after the last epoch: never merged into an epoch's row.
+            self.last_step += 1
+            self.run.log(payload, step=self.last_step)
+            for k, v in metrics.items():
+                self.run.summary[f"final/{k}"] = float(v)
+        import matplotlib.pyplot as plt
+
+        for fig in figures.values():
+            plt.close(fig)
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.run.finish()
+            self.run = None
+
+
+class TrackingCallback(keras.callbacks.Callback):
+    """Logs every epoch's logs (train/val metrics, lr, loss weights) to the tracker."""
+
+    def __init__(self, tracker: Tracker):
+        super().__init__()
+        self.tracker = tracker
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.tracker.log({**(logs or {}), "epoch": epoch}, step=epoch)
+
+
+def confusion_figure(cm: np.ndarray, class_names: Sequence[str], title: str):
+    """Row-normalised confusion matrix as a matplotlib figure (rows = true class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = np.asarray(cm, dtype=float)
+    norm = np.divide(cm, cm.sum(axis=1, keepdims=True), out=np.zeros_like(cm), where=cm.sum(axis=1, keepdims=True) > 0)
+    disp = ConfusionMatrixDisplay(norm, display_labels=list(class_names))
+    disp.plot(values_format=".2f", colorbar=False, xticks_rotation=45)
+    disp.ax_.set_title(f"{title} (row-normalised)")
+    disp.figure_.tight_layout()
+    return disp.figure_
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy()).item()
+    return value
+
+
+def find_wandb_file(folder: str | Path) -> Path:
+    """The newest ``run-*.wandb`` under ``folder`` (searched recursively)."""
+    found = sorted(Path(folder).rglob("run-*.wandb"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no run-*.wandb file under {folder}")
+    return found[-1]
+
+
+def read_wandb_records(path: str | Path) -> list[Any]:
+    """Parses a ``.wandb`` transaction log into ``wandb_internal_pb2.Record`` messages."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log (header {data[:4]!r})")
+    records, pos, chunk = [], _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        pos += _HEADER
+        if length == 0 and kind == 0:
+            break
+        chunk += data[pos : pos + length]
+        pos += length
+        if kind in (_FULL, _LAST):
+            record = pb.Record()
+            record.ParseFromString(chunk)
+            records.append(record)
+            chunk = b""
+    return records
+
+
+def read_wandb_history(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(run info: config, group, tags; history rows as ``{key: value}``) of an offline run."""
+    info: dict[str, Any] = {"config": {}, "group": None, "tags": []}
+    rows = []
+    for record in read_wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            info["group"] = record.run.run_group or None
+            info["tags"] = list(record.run.tags)
+            info["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            info["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "history":
+            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+    return info, rows

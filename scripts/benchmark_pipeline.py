@@ -1,0 +1,194 @@
+"""Input-pipeline benchmark: tf.data vs the JPEG decode limit vs a PIL loop (issue 4, item 5).
+
+Per dataset (FairFace 224 px crops, UTKFace 200 px crops), all at --image-size:
+  (a) pipeline_img_s       ff_keras.data.make_dataset(training=True): read + decode + square
+                           crop/resize + batch + prefetch, uint8 out
+  (b) decode_limit_img_s   read_file + tf.io.decode_jpeg alone, same AUTOTUNE parallelism
+  (c) pil_img_s            single-process PIL loop doing (a)'s work (decode, crop/resize,
+                           stack uint8 batches)
+  (d) augment_ms_per_batch augment_batch + normalisation, compiled, per batch of --batch
+  end_to_end_img_s         (a) feeding (d)
+Files are read once before timing (warm page cache) and each tf.data figure is the second
+pass, so autotuning has settled. Targets on a 2-core host: (a) >= 0.8 x (b), (a) >= 4 x (c).
+
+    python scripts/benchmark_pipeline.py --json runs/benchmark_pipeline.json
+    python scripts/benchmark_pipeline.py --max-images 512 --pil-images 128 --json /tmp/b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image
+
+from ff_keras import datasets, preprocess
+from ff_keras.augment import augment_batch
+from ff_keras.config import load_config
+from ff_keras.data import make_dataset
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / max(seconds, 1e-9)
+
+
+def time_dataset(ds: tf.data.Dataset, step=None) -> tuple[int, float]:
+    """Images and seconds for one pass (after one untimed warm-up pass)."""
+    for _ in ds:  # warm-up: autotune settles, functions trace
+        pass
+    n, t0 = 0, time.perf_counter()
+    for i, batch in enumerate(ds):
+        images = batch[0] if isinstance(batch, tuple) else batch
+        if step is not None:
+            step(images, tf.constant([i, 0], tf.int64)).numpy()
+        n += int(images.shape[0])
+    return n, time.perf_counter() - t0
+
+
+def decode_limit(paths: list[str], batch: int) -> float:
+    """(b): read_file + decode_jpeg only; each element shrinks to its height so batching is free."""
+
+    def decode(path):
+        return tf.shape(tf.io.decode_jpeg(tf.io.read_file(path), channels=3))[0]
+
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    ds = (
+        ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        .batch(batch)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return _rate(*time_dataset(ds))
+
+
+def pil_square_resize(img: Image.Image, size: int) -> np.ndarray:
+    """The pipeline's geometry (centre square crop, bilinear resize) done the usual PIL way."""
+    img = img.convert("RGB")
+    w, h = img.size
+    side = min(w, h)
+    if (w, h) != (side, side):
+        img = img.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+    if side != size:
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, np.uint8)
+
+
+def pil_loop(paths: list[str], size: int, batch: int) -> float:
+    """(c): the same work in one Python process with PIL."""
+    t0, buf, n = time.perf_counter(), [], 0
+    for path in paths:
+        with Image.open(path) as img:
+            buf.append(pil_square_resize(img, size))
+        if len(buf) == batch:
+            np.stack(buf)
+            n, buf = n + batch, []
+    if buf:
+        np.stack(buf)
+        n += len(buf)
+    return _rate(n, time.perf_counter() - t0)
+
+
+def make_step(cfg):
+    """(d): augmentation + normalisation as the training step runs them (reduced to a scalar)."""
+    spec = preprocess.imagenet_spec()
+
+    @tf.function
+    def step(images, seed):
+        x = preprocess.normalize_tf(augment_batch(images, cfg.augment, seed, training=True), spec)
+        return tf.reduce_sum(x)
+
+    return step
+
+
+def augment_ms(step, images: tf.Tensor, iters: int) -> float:
+    for i in range(2):
+        step(images, tf.constant([i, 1], tf.int64)).numpy()
+    t0 = time.perf_counter()
+    for i in range(iters):
+        step(images, tf.constant([i, 2], tf.int64)).numpy()
+    return 1000.0 * (time.perf_counter() - t0) / iters
+
+
+def load_table(root: Path, source: str, max_images: int, seed: int) -> pd.DataFrame:
+    table, _ = datasets.READERS[source](root)
+    if max_images and len(table) > max_images:
+        table = table.sample(n=max_images, random_state=seed)
+    return table.reset_index(drop=True)
+
+
+def bench_source(root: Path, source: str, args, cfg) -> dict:
+    table = load_table(root, source, args.max_images, cfg.data.seed)
+    paths = [str(root / p) for p in table["rel_path"]]
+    for p in paths:  # warm the page cache so every method reads from memory
+        Path(p).read_bytes()
+    print(f"== {source}: {len(paths)} images at {args.image_size}px, batch {args.batch}")
+    pipeline = _rate(*time_dataset(make_dataset(table, root, cfg, training=True)))
+    print(f"✅ (a) pipeline        {pipeline:9.0f} img/s  ({1000 * args.batch / pipeline:6.1f} ms/batch)")
+    limit = decode_limit(paths, args.batch)
+    print(f"✅ (b) decode limit    {limit:9.0f} img/s")
+    pil = pil_loop(paths[: args.pil_images or None], args.image_size, args.batch)
+    print(f"✅ (c) PIL loop        {pil:9.0f} img/s  ({1000 * args.batch / pil:6.1f} ms/batch)")
+    step = make_step(cfg)
+    first = next(iter(make_dataset(table, root, cfg, training=False)))[0]
+    aug = augment_ms(step, first, args.aug_iters)
+    print(f"✅ (d) augment+norm    {aug:9.1f} ms/batch of {int(first.shape[0])}")
+    e2e = _rate(*time_dataset(make_dataset(table, root, cfg, training=True), step))
+    print(f"✅ end to end          {e2e:9.0f} img/s  ({1000 * args.batch / e2e:6.1f} ms/batch)")
+    result = {
+        "n_images": len(paths),
+        "pipeline_img_s": pipeline,
+        "decode_limit_img_s": limit,
+        "pil_img_s": pil,
+        "augment_ms_per_batch": aug,
+        "end_to_end_img_s": e2e,
+        "pipeline_over_decode_limit": pipeline / limit,
+        "pipeline_over_pil": pipeline / pil,
+    }
+    print(
+        f"   ratios: pipeline/decode-limit {result['pipeline_over_decode_limit']:.2f} (target >= 0.8), "
+        f"pipeline/PIL {result['pipeline_over_pil']:.1f} (target >= 4)"
+    )
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=None, help="YAML config (data root, augment settings)")
+    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--sources", nargs="+", default=["fairface", "utkface"])
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--max-images", type=int, default=0, help="images per dataset (0 = all)")
+    ap.add_argument("--pil-images", type=int, default=2048, help="images for the slow PIL loop (0 = all)")
+    ap.add_argument("--aug-iters", type=int, default=10)
+    args = ap.parse_args()
+
+    # Throughput settings: out-of-order parallel map, no device prefetch (timing the host).
+    cfg = load_config(
+        args.config,
+        [
+            f"data.image_size={args.image_size}",
+            f"data.batch_size={args.batch}",
+            "data.deterministic=false",
+            "data.cache=false",
+        ],
+    )
+    root = datasets.resolve_data_root(cfg.data.root)
+    print(f"data root {root}; TF {tf.__version__}; host CPUs {os.cpu_count()}")
+    results = {s: bench_source(root, s, args, cfg) for s in args.sources}
+    results["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"✅ wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

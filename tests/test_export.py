@@ -1,0 +1,171 @@
+"""Export: the CLI writes all three formats whose outputs match Keras on 64 real faces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from export_helpers import REPO, TEMPERATURE, tiny_checkpoint
+
+from ff_keras import labels
+from ff_keras.export import (
+    EXPORT_ATOL,
+    KERAS_ATOL,
+    ParityError,
+    check_parity,
+    export_model,
+    inference_model,
+    parity_image_paths,
+    saved_model_outputs_fresh_process,
+    to_float32,
+)
+from ff_keras.predictor import load_images, softmax
+
+HEADS = list(labels.CONTRACT_HEADS)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data_root):
+    """Runs ``scripts/export.py`` on a tiny checkpoint, as an operator would."""
+    tmp = tmp_path_factory.mktemp("export")
+    ckpt = tiny_checkpoint(tmp / "ckpt")
+    out = tmp / "out"
+    proc = subprocess.run(
+        [sys.executable, "scripts/export.py", "--checkpoint", str(ckpt), "--out", str(out)],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ckpt, out
+
+
+@pytest.fixture(scope="module")
+def faces(data_root):
+    return load_images(parity_image_paths(data_root, 64), 32)
+
+
+@pytest.fixture(scope="module")
+def reference(exported, faces):
+    """Probabilities computed independently: checkpoint logits, numpy softmax(logits / T)."""
+    import keras
+
+    model = keras.saving.load_model(exported[0], compile=False)
+    logits = model.predict(faces, verbose=0)
+    return {h: softmax(logits[h], TEMPERATURE[h]) for h in HEADS}
+
+
+def _assert_close(got, reference, atol):
+    for h in HEADS:
+        assert got[h].shape == reference[h].shape
+        assert np.max(np.abs(got[h] - reference[h])) <= atol, h
+        assert np.array_equal(got[h].argmax(-1), reference[h].argmax(-1)), h
+
+
+def test_writes_all_artifacts_and_sidecar(exported):
+    out = exported[1]
+    for name in ("model.keras", "model.onnx", "saved_model/saved_model.pb", "model_info.json"):
+        assert (out / name).exists(), name
+    info = json.loads((out / "model_info.json").read_text())
+    assert info["outputs"] == "probabilities"
+    assert info["heads"] == HEADS and info["image_size"] == 32
+    assert set(info["extra"]["parity"]) == {"keras", "saved_model", "onnx"}
+
+
+def test_onnx_graph_contract_and_metadata(exported, faces, reference):
+    proto = onnx.load(exported[1] / "model.onnx")
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (inp,) = proto.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert inp.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert sorted(o.name for o in proto.graph.output) == sorted(HEADS)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == {h: list(labels.HEAD_CLASSES[h]) for h in HEADS}
+    assert meta["image_size"] == "32" and "RGB 0-255" in meta["input_contract"] and meta["version"]
+    # Dynamic batch: 1, 3 and 64 rows through the same session.
+    sess = ort.InferenceSession(str(exported[1] / "model.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 3, len(faces)):
+        got = dict(zip(HEADS, sess.run(HEADS, {"image": faces[:n]})))
+        _assert_close(got, {h: v[:n] for h, v in reference.items()}, EXPORT_ATOL)
+
+
+def test_saved_model_parity_in_fresh_process(exported, faces, reference):
+    got = saved_model_outputs_fresh_process(exported[1] / "saved_model", faces)
+    assert sorted(got) == sorted(HEADS)
+    _assert_close(got, reference, EXPORT_ATOL)
+
+
+def test_keras_reload_parity(exported, faces, reference):
+    import keras
+
+    model = keras.saving.load_model(exported[1] / "model.keras", compile=False)
+    got = {h: np.asarray(v) for h, v in model(faces, training=False).items()}
+    _assert_close(got, reference, EXPORT_ATOL)  # vs the independent numpy softmax
+    wrapper = inference_model(keras.saving.load_model(exported[0], compile=False), _info(exported))
+    ref = {h: np.asarray(v) for h, v in wrapper(faces, training=False).items()}
+    _assert_close(got, ref, KERAS_ATOL)
+
+
+def _info(exported):
+    from ff_keras.model_info import load_info
+
+    return load_info(exported[0])
+
+
+def test_parity_violation_raises():
+    ref = {"age": np.array([[0.6, 0.4]], np.float32)}
+    with pytest.raises(ParityError, match="age"):
+        check_parity("onnx", ref, {"age": ref["age"] + 2e-4}, ["age"], EXPORT_ATOL)
+    with pytest.raises(ParityError, match="argmax"):
+        check_parity("onnx", ref, {"age": np.array([[0.49995, 0.50005]], np.float32)}, ["age"], 0.2)
+
+
+def test_mixed_precision_checkpoint_is_rebuilt_in_float32(tmp_path, data_root):
+    from ff_keras.export import load_checkpoint
+
+    model, info = load_checkpoint(tiny_checkpoint(tmp_path / "mp", policy="mixed_float16"))
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    clone = to_float32(model)
+    assert all(layer.dtype_policy.name == "float32" for layer in clone.layers)
+    for a, b in zip(model.get_weights(), clone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    images = load_images(parity_image_paths(data_root, 8), info.image_size)
+    report = export_model(model, info, tmp_path / "out", images, formats=("onnx",))
+    assert report.parity["onnx"]["race"]["argmax_agreement"] == 1.0
+    sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert all(o.type == "tensor(float)" for o in sess.get_outputs())
+
+
+def test_augmentation_layers_are_refused():
+    import keras
+
+    from ff_keras.model_info import ModelInfo
+
+    image = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.RandomFlip(name="flip")(image)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(image, {h: keras.layers.Dense(len(labels.HEAD_CLASSES[h]), name=h)(x) for h in HEADS})
+    with pytest.raises(ValueError, match="flip"):
+        inference_model(model, ModelInfo(image_size=8, backbone="test"))
+
+
+def test_int8_quantisation_reports_agreement_and_speed(exported, data_root, faces):
+    import pandas as pd
+
+    from ff_keras.datasets import read_fairface, read_utkface
+    from ff_keras.quantize import compare_int8, quantize_onnx
+
+    out = exported[1]
+    int8 = quantize_onnx(out / "model.onnx", out / "model.int8.onnx", "static", faces)
+    table = pd.concat([read_fairface(data_root)[0].head(16), read_utkface(data_root)[0].head(16)], ignore_index=True)
+    report = compare_int8(out / "model.onnx", int8, table, data_root)
+    assert report["n_images"] == 32
+    assert set(report["argmax_agreement"]) == set(HEADS)
+    assert all(0.0 <= v <= 1.0 for v in report["argmax_agreement"].values())
+    # UTKFace rows label age and gender but not the 7-class race head.
+    assert {h: r["n"] for h, r in report["accuracy"].items()} == {"age": 32, "gender": 32, "race": 16}
+    assert report["speed"]["batch1"]["speedup"] > 0
+    assert report["size_mb"]["int8"] < report["size_mb"]["fp32"]

@@ -1,0 +1,154 @@
+"""build_model: schema-driven heads, in-graph normalisation, freezing, gradients, save/load."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ff_keras import labels
+from ff_keras.backbones import get_backbone
+from ff_keras.config import load_config
+from ff_keras.model import build_model, get_backbone_model, set_trainable
+
+SIZE = 32
+TINY = {
+    "resnet18": ["model.backbone=resnet18", "model.width=0.125"],
+    "resnet34": ["model.backbone=resnet34", "model.width=0.125"],
+    "mobilenet_v2": ["model.backbone=mobilenet_v2", "model.width=0.25"],
+}
+
+
+def tiny_cfg(backbone: str = "resnet18", *extra: str):
+    return load_config(None, [*TINY[backbone], f"data.image_size={SIZE}", "model.embed_dim=16", *extra])
+
+
+def images(n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype("float32")
+
+
+def targets(n: int = 2) -> dict[str, np.ndarray]:
+    y = {h: np.arange(n) % len(c) for h, c in labels.HEAD_CLASSES.items()}
+    y["age_years"] = np.full((n, 1), 30.0, "float32")
+    return y
+
+
+def compile_for_test(model) -> None:
+    sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    losses = {h: (sparse if h in labels.HEAD_CLASSES else "mse") for h in model.output}
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses, jit_compile=False)
+
+
+@pytest.mark.parametrize("backbone", sorted(TINY))
+def test_heads_names_and_class_counts_come_from_schema(backbone):
+    model = build_model(tiny_cfg(backbone))
+    out = model(images())
+    expected = {h: len(c) for h, c in labels.HEAD_CLASSES.items()} | {"age_years": 1}
+    assert {h: v.shape[-1] for h, v in out.items()} == expected
+    assert all(v.dtype == tf.float32 for v in out.values())
+    assert [t.name for t in model.inputs] == ["image"]
+
+
+def test_head_subset_and_no_shared_dense():
+    cfg = tiny_cfg("resnet18", "model.heads=[race,gender,age]", "model.age_years_head=false",
+                   "model.embed_dim=0")
+    model = build_model(cfg)
+    assert set(model(images()).keys()) == {"race", "gender", "age"}
+    with pytest.raises(ValueError, match="embed"):
+        model.get_layer("embed")
+    # Heads sit directly on the pooled features (FairFace's released layout).
+    assert model.get_layer("race").kernel.shape[0] == get_backbone_model(model).output.shape[-1]
+
+
+def test_unknown_head_is_named():
+    with pytest.raises(ValueError, match="'ethnicity'"):
+        build_model(tiny_cfg("resnet18", "model.heads=[age,ethnicity]"))
+
+
+@pytest.mark.parametrize("backbone", ["resnet34", "mobilenet_v2"])
+def test_normalisation_in_graph_follows_spec(backbone):
+    model = build_model(tiny_cfg(backbone))
+    spec = get_backbone(backbone).SPEC
+    x = images()
+    got = model.get_layer("normalize")(x).numpy()
+    want = (x / spec.scale - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [64, pytest.param(224, marks=pytest.mark.large)])
+def test_resnet34_embedding_shape(size):
+    model = build_model(load_config(None, ["model.backbone=resnet34", f"data.image_size={size}"]))
+    backbone = get_backbone_model(model)
+    assert backbone.output.shape[-1] == 512
+    assert backbone(np.zeros((2, size, size, 3), "float32")).shape == (2, 512)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_training_step_changes_backbone_only_when_unfrozen(freeze):
+    model = build_model(tiny_cfg("resnet18", f"model.freeze_backbone={str(freeze).lower()}",
+                                 "model.dropout=0.0"))
+    compile_for_test(model)
+    backbone = get_backbone_model(model)
+    before = [w.copy() for w in backbone.get_weights()]  # includes BN moving stats
+    head_before = model.get_layer("race").kernel.numpy().copy()
+    model.train_on_batch(images(4), targets(4))
+    changed = [not np.array_equal(a, b) for a, b in zip(before, backbone.get_weights())]
+    assert not np.array_equal(head_before, model.get_layer("race").kernel.numpy())
+    if freeze:
+        assert not any(changed), "frozen backbone (incl. BN statistics) must not change"
+        assert not backbone.trainable_weights
+    else:
+        assert all(changed), "every backbone weight and BN statistic must move in one step"
+
+
+def test_freeze_up_to_freezes_stem_and_early_stages():
+    model = build_model(tiny_cfg("resnet18", "model.freeze_up_to=2"))
+    backbone = get_backbone_model(model)
+    assert not backbone.get_layer("conv1").trainable and not backbone.get_layer("bn1").trainable
+    assert not backbone.get_layer("layer1_1_conv2").trainable
+    assert backbone.get_layer("layer2_0_conv1").trainable and backbone.get_layer("layer4_1_bn2").trainable
+    set_trainable(model, freeze_backbone=False, freeze_up_to=0)
+    assert all(layer.trainable for layer in backbone.layers)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_every_trainable_variable_gets_a_gradient(backbone):
+    model = build_model(tiny_cfg(backbone, "model.weight_decay=0.0"))
+    sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    y = targets()
+    with tf.GradientTape() as tape:
+        out = model(images(), training=True)
+        loss = sum(sparse(y[h], out[h]) for h in labels.HEAD_CLASSES) + tf.reduce_mean(out["age_years"])
+    grads = tape.gradient(loss, model.trainable_variables)
+    missing = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
+    # Kernels must get a non-zero gradient. (A BN beta that only feeds 1x1 conv -> train-mode
+    # BN, e.g. MobileNetV2's last block, has an exactly-zero gradient: BN is shift invariant.)
+    missing += [v.path for v, g in zip(model.trainable_variables, grads)
+                if g is not None and "kernel" in v.path and not np.any(g.numpy())]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_weight_decay_adds_l2_on_kernels_only():
+    with_wd = build_model(tiny_cfg("resnet18", "model.weight_decay=0.01"))
+    without = build_model(tiny_cfg("resnet18", "model.weight_decay=0.0"))
+    assert not without.losses
+    kernels = [v for v in with_wd.trainable_variables if "kernel" in v.path]
+    assert len(with_wd.losses) == len(kernels)
+    assert float(sum(with_wd.losses)) > 0
+
+
+def test_keras_round_trip(tmp_path):
+    model = build_model(tiny_cfg("resnet18", "model.freeze_up_to=2"))
+    compile_for_test(model)
+    model.train_on_batch(images(4), targets(4))  # move BN statistics away from their init
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = images(3, seed=1)
+    want, got = model.predict_on_batch(x), loaded.predict_on_batch(x)
+    assert set(got) == set(want)
+    for head in want:
+        np.testing.assert_allclose(got[head], want[head], atol=1e-6)
+    assert not get_backbone_model(loaded).get_layer("conv1").trainable
+    assert len(loaded.losses) == len(model.losses)

@@ -1,0 +1,173 @@
+"""The HTTP service, run for real: uvicorn on 127.0.0.1 serving a tiny exported ONNX model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+from export_helpers import tiny_export
+from PIL import Image
+
+from ff_keras import labels
+from ff_keras.serve.loadtest import running_server
+
+HEADS = list(labels.CONTRACT_HEADS)
+SERVER_ARGS = ["--max-upload-mb", "0.5", "--max-pixels", "4000000", "--max-batch", "8", "--max-wait-ms", "50"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, data_root):
+    return tiny_export(tmp_path_factory.mktemp("serve"), data_root, formats=("onnx",), n_images=16) / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    with running_server(model, SERVER_ARGS, log_path=log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def face(data_root) -> bytes:
+    return (data_root / "fairface" / "val" / "1.jpg").read_bytes()
+
+
+def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _check_prediction(body: dict, width: int, height: int) -> None:
+    assert body["width"] == width and body["height"] == height and body["detector"] == "none"
+    (face,) = body["faces"]
+    assert face["box"] == [0, 0, width, height]
+    assert sorted(face["heads"]) == sorted(HEADS)
+    for head, pred in face["heads"].items():
+        assert list(pred["probabilities"]) == list(labels.HEAD_CLASSES[head])
+        assert pred["label"] == max(pred["probabilities"], key=pred["probabilities"].get)
+        assert sum(pred["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_real_face_gets_labels(server, face):
+    r = httpx.post(f"{server}/predict", files={"file": ("1.jpg", face, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    assert r.json()["filename"] == "1.jpg"
+    _check_prediction(r.json(), 224, 224)
+    # detect=true without a detector configured: the whole image is still one face.
+    r = httpx.post(f"{server}/predict?detect=true", files={"file": ("1.jpg", face, "image/jpeg")})
+    assert r.status_code == 200 and r.json()["detector"] == "none"
+
+
+def _bad_inputs(face: bytes) -> dict[str, tuple[tuple, int, str]]:
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8))
+    return {
+        "wrong_content_type": (("notes.txt", b"hello, not an image", "text/plain"), 415, "content type"),
+        "oversize": (("big.jpg", _encode(noise, "JPEG", quality=95), "image/jpeg"), 413, "upload limit"),
+        "empty": (("empty.jpg", b"", "image/jpeg"), 400, "empty file"),
+        "corrupt": (("corrupt.jpg", rng.bytes(4096), "image/jpeg"), 422, "not a decodable image"),
+        "truncated": (("cut.jpg", face[: len(face) // 2], "image/jpeg"), 422, "truncated"),
+        "decompression_bomb": (("bomb.png", _encode(Image.new("RGB", (2500, 2000)), "PNG"), "image/png"), 413,
+                               "pixels"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs(b"x" * 10)))
+def test_bad_input_gets_clear_4xx_and_server_keeps_serving(server, face, case):
+    upload, status, message = _bad_inputs(face)[case]
+    r = httpx.post(f"{server}/predict", files={"file": upload})
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert upload[0] in detail and message in detail, detail
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    assert httpx.post(f"{server}/predict", files={"file": ("1.jpg", face, "image/jpeg")}).status_code == 200
+
+
+def test_oversized_body_is_refused_before_parsing(server):
+    r = httpx.post(f"{server}/predict", files={"file": ("huge.jpg", b"\0" * (9 * 2**20), "image/jpeg")})
+    assert r.status_code == 413 and "exceeds" in r.json()["detail"]
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_batch_endpoint(server, face, data_root):
+    png = _encode(Image.open(data_root / "fairface" / "val" / "2.jpg"), "PNG")
+    files = [("files", ("1.jpg", face, "image/jpeg")), ("files", ("2.png", png, "image/png")),
+             ("files", ("3.jpg", face, "image/jpeg"))]
+    r = httpx.post(f"{server}/predict/batch", files=files)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["filename"] for x in results] == ["1.jpg", "2.png", "3.jpg"]
+    for x in results:
+        _check_prediction(x, 224, 224)
+    assert results[0]["faces"][0]["heads"] == results[2]["faces"][0]["heads"]
+    bad = files[:1] + [("files", ("broken.jpg", b"\xff\xd8garbage", "image/jpeg"))]
+    r = httpx.post(f"{server}/predict/batch", files=bad)
+    assert r.status_code == 422 and "broken.jpg" in r.json()["detail"]
+    r = httpx.post(f"{server}/predict/batch", files=files[:1] * 17)
+    assert r.status_code == 413 and "at most 16" in r.json()["detail"]
+
+
+async def _burst(url: str, payload: bytes, n: int) -> list[int]:
+    async with httpx.AsyncClient(timeout=60) as http:
+        rs = await asyncio.gather(*[
+            http.post(f"{url}/predict", files={"file": ("f.jpg", payload, "image/jpeg")}) for _ in range(n)
+        ])
+    return [r.status_code for r in rs]
+
+
+def _histogram(url: str) -> dict[int, int]:
+    return {int(k): v for k, v in httpx.get(f"{url}/metadata").json()["batching"]["batch_size_histogram"].items()}
+
+
+def test_concurrent_burst_is_micro_batched(server, face):
+    before = _histogram(server)
+    assert asyncio.run(_burst(server, face, 24)) == [200] * 24
+    after = _histogram(server)
+    new = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert sum(k * v for k, v in new.items()) == 24
+    assert any(k > 1 and v > 0 for k, v in new.items()), new
+    assert max(after) <= 8  # --max-batch
+
+
+def test_health_metadata_and_docs(server):
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["backend"] == "onnx" and health["batching"]["enabled"]
+    meta = httpx.get(f"{server}/metadata").json()
+    assert meta["heads"] == HEADS and meta["image_size"] == 32
+    assert meta["classes"]["race"] == list(labels.RACES)
+    assert meta["limits"]["max_upload_bytes"] == int(0.5 * 2**20) and meta["limits"]["max_pixels"] == 4_000_000
+    assert httpx.get(f"{server}/docs").status_code == 200
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+    assert {"/predict", "/predict/batch", "/health", "/metadata"} <= set(paths)
+
+
+def test_two_workers_without_batching(model, face, tmp_path):
+    with running_server(model, ["--workers", "2", "--no-batching"], log_path=tmp_path / "serve.log") as url:
+        assert asyncio.run(_burst(url, face, 12)) == [200] * 12
+        # Fresh connections are spread over the worker processes, each with its own session.
+        pids = {httpx.get(f"{url}/health", headers={"Connection": "close"}).json()["pid"] for _ in range(40)}
+        health = httpx.get(f"{url}/health").json()
+        assert not health["batching"]["enabled"]
+        assert set(_histogram(url)) <= {1}
+        assert len(pids) == 2
+
+
+def test_detect_finds_each_face_with_its_box(model, data_root, tmp_path):
+    """``--detector`` wires ff_keras.faces into ``/predict?detect=true``: one entry per face."""
+    canvas = Image.new("RGB", (500, 260), "white")
+    canvas.paste(Image.open(data_root / "fairface" / "val" / "1.jpg"), (10, 10))
+    canvas.paste(Image.open(data_root / "fairface" / "val" / "5.jpg"), (260, 20))
+    photo = _encode(canvas, "JPEG", quality=95)
+    with running_server(model, ["--detector", "dlib_hog"], log_path=tmp_path / "serve.log") as url:
+        body = httpx.post(f"{url}/predict?detect=true", files={"file": ("two.jpg", photo, "image/jpeg")}).json()
+        plain = httpx.post(f"{url}/predict", files={"file": ("two.jpg", photo, "image/jpeg")}).json()
+    assert body["detector"] == "dlib_hog"
+    boxes = sorted(f["box"] for f in body["faces"])
+    assert len(boxes) == 2
+    assert boxes[0][0] < 250 <= boxes[1][0]  # one face in each half, [x, y, w, h]
+    assert all(f["confidence"] is not None and sorted(f["heads"]) == sorted(HEADS) for f in body["faces"])
+    assert plain["detector"] == "none" and plain["faces"][0]["box"] == [0, 0, 500, 260]

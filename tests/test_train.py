@@ -1,0 +1,99 @@
+"""End-to-end training on real images: staged fine-tuning, resume after a kill, GPU recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from train_helpers import tiny_tables
+
+from ff_keras import labels
+from ff_keras.config import load_config
+from ff_keras.model_info import load_info
+from ff_keras.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Simulates a killed job: raises once the given epoch has fully ended (and been saved)."""
+
+    def __init__(self, after_epoch: int):
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after_epoch:
+            raise KeyboardInterrupt(f"killed after epoch {epoch}")
+
+
+class EpochsRun(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+@pytest.fixture(scope="module")
+def tables(data_root):
+    return tiny_tables(data_root)
+
+
+def test_staged_run_leaves_a_usable_model_and_run_folder(tmp_path, tables):
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "train.run_id=staged"])
+    result = train(cfg, argv=["scripts/train.py", "--config", str(SMOKE)], tables=tables)
+    run = result.run_dir
+    assert run == tmp_path / "smoke-staged"
+    assert result.history["epoch"] == [0, 1]  # head stage on cached embeddings, then fine-tune
+    assert "scripts/train.py --config" in (run / "command.txt").read_text()
+    assert load_config(run / "config.yaml").train.run_id == "staged"
+    # Frozen phase used the cache: flip pairs double the training rows.
+    with np.load(run / "embeddings" / "train.npz") as z:
+        assert z["emb"].shape[0] == 2 * len(tables[0])
+    model = keras.models.load_model(result.model_path)  # no custom objects needed
+    out = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    assert {h: v.shape[-1] for h, v in out.items()} == {
+        "age": 9, "gender": 2, "race": 7, "race_utk": 5, "age_years": 1}
+    info = load_info(result.model_path)
+    assert info.classes["race"] == list(labels.RACES) and info.image_size == 32
+    assert info.extra["monitor"] == "val_race_accuracy"
+    saved = json.loads((run / "val_metrics.json").read_text())
+    for key in ("race_accuracy", "gender_balanced_accuracy", "age_off_by_one", "age_years_mae", "race_utk_macro_f1"):
+        assert np.isfinite(saved[key]), key
+    for key in ("val_race_accuracy", "loss_weight_age", "lr", "gender_loss", "val_age_years_mae"):
+        assert len(result.history[key]) == 2, key
+    assert (run / "confusion_race.png").stat().st_size > 0
+
+
+def test_killed_run_resumes_at_the_next_epoch(tmp_path, tables):
+    overrides = [f"output_dir={tmp_path}", "train.run_id=resume",
+                 "train.stages=[{epochs: 2, lr: 0.01, freeze_backbone: true}]"]
+    cfg = load_config(SMOKE, overrides)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, argv=["first"], tables=tables, extra_callbacks=[Interrupt(after_epoch=0)])
+    run = tmp_path / "smoke-resume"
+    assert not (run / "best" / "model.keras").exists() or True  # may exist after epoch 0
+    seen = EpochsRun()
+    result = train(load_config(SMOKE, overrides), argv=["second"], tables=tables, extra_callbacks=[seen])
+    assert seen.epochs == [1]  # restored from the backup: epoch 0 is not repeated
+    assert result.history["epoch"] == [0, 1]  # and not lost
+    assert (run / "command.txt").read_text().count("\n") == 2
+
+
+def test_resnet34_recipe_runs_at_tiny_scale(tmp_path, tables):
+    cfg = load_config(REPO / "configs" / "resnet34_fairface.yaml", [
+        f"output_dir={tmp_path}", "train.run_id=tiny", "data.image_size=32", "data.batch_size=4",
+        "model.width=0.0625", "train.steps_per_epoch=1", "train.validation_steps=1", "train.epochs=1",
+        "wandb.mode=disabled", "train.verbose=0",
+    ])
+    assert cfg.model.backbone == "resnet34" and cfg.train.mixed_precision == "mixed_float16"
+    result = train(cfg, argv=["tiny"], tables=tables)
+    assert result.history["epoch"] == [0]
+    assert np.isfinite(result.history["loss"][0])
+    assert keras.mixed_precision.global_policy().name == "float32"  # policy restored afterwards
