@@ -30,7 +30,7 @@ class DataConfig:
     seed: int = 0
     # Parallel map may emit elements out of order: faster, but batch order then varies run to run.
     deterministic: bool = True
-    jpeg_dct_method: str = ""  # "" (libjpeg default, matches PIL) | "INTEGER_FAST" | "INTEGER_ACCURATE"
+    jpeg_dct_method: str = ""  # "" (libjpeg default) | "INTEGER_FAST" | "INTEGER_ACCURATE"
     # Stage batches on the GPU (custom loops, one GPU, train.distribute == "none"); off by
     # default: untested here (no GPU) and known to be fragile under Keras/tf.distribute.
     prefetch_to_device: bool = False
@@ -74,6 +74,7 @@ class StageConfig:
     lr: float = 1e-3
     freeze_backbone: bool = False
     freeze_up_to: int = 0
+    steps_per_epoch: int = 0  # 0 = train.steps_per_epoch (a short fine-tune after a full head phase)
 
 
 @dataclass

@@ -12,9 +12,9 @@ Saved files (``save_converted``) are ``.npz`` archives keyed ``backbone/<layer>/
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
-import keras
 import tensorflow as tf
 
 from ff_keras import labels
@@ -24,25 +23,26 @@ HUBER_DELTA_YEARS = 5.0
 class SparseCEFromLogits:
     """Sparse categorical cross-entropy from logits with optional label smoothing.
 
-    Keras' SparseCategoricalCrossentropy has no ``label_smoothing``, so integer labels are
-    one-hot encoded and passed to CategoricalCrossentropy (unreduced).
+    Keras' SparseCategoricalCrossentropy has no ``label_smoothing``; integer labels become
+    smoothed one-hot targets for ``tf.nn.softmax_cross_entropy_with_logits`` (unreduced,
+    Keras' CategoricalCrossentropy formula without its per-call overhead).
     """
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.num_classes = num_classes
-        self._cce = keras.losses.CategoricalCrossentropy(
-            from_logits=True, label_smoothing=label_smoothing, reduction=None
-        )
+        self.label_smoothing = float(label_smoothing)
 
     def __call__(self, y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         ids = tf.reshape(tf.cast(y_true, tf.int32), [-1])
         # Masked rows may carry a placeholder label (e.g. -1); clip so one_hot stays valid,
         # their weight of 0 removes them from the mean anyway.
         ids = tf.clip_by_value(ids, 0, self.num_classes - 1)
-        onehot = tf.one_hot(ids, self.num_classes, dtype=tf.float32)
-        return self._cce(onehot, tf.cast(logits, tf.float32))
+        eps = self.label_smoothing
+        target = tf.one_hot(ids, self.num_classes, on_value=1.0 - eps + eps / self.num_classes,
+                            off_value=eps / self.num_classes, dtype=tf.float32)
+        return tf.nn.softmax_cross_entropy_with_logits(target, tf.cast(logits, tf.float32))
 
 
 class RegressionLoss:
@@ -52,17 +52,16 @@ class RegressionLoss:
         if kind not in REGRESSION_LOSSES:
             raise ValueError(f"unknown age_years loss {kind!r}; expected one of {REGRESSION_LOSSES}")
         self.kind = kind
-        self._fn = (
-            keras.losses.Huber(delta=HUBER_DELTA_YEARS, reduction=None)
-            if kind == "huber"
-            else keras.losses.MeanAbsoluteError(reduction=None)
-        )
 
     def __call__(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         y_true = tf.reshape(tf.cast(y_true, tf.float32), [-1, 1])
         # NaN ages (FairFace rows) are masked by weight 0, but NaN * 0 is still NaN.
         y_true = tf.where(tf.math.is_finite(y_true), y_true, tf.zeros_like(y_true))
-        return self._fn(y_true, tf.reshape(tf.cast(y_pred, tf.float32), [-1, 1]))
+        err = tf.abs(tf.reshape(tf.cast(y_pred, tf.float32), [-1, 1]) - y_true)[:, 0]
+        if self.kind == "l1":
+            return err
+        quad = tf.minimum(err, HUBER_DELTA_YEARS)  # Huber: quadratic near 0, linear beyond delta
+        return 0.5 * quad**2 + HUBER_DELTA_YEARS * (err - quad)
 
 
 def build_losses(heads: Sequence[str], label_smoothing: float = 0.0, age_years_loss: str = "huber") -> dict[str, PerSampleLoss]:

@@ -74,18 +74,21 @@ def threshold_study(
         res = {"n": int(n), "nn_quantiles": {f"{q:.2f}": float(np.quantile(np.minimum(nn, 9), q)) for q in (0.01, 0.05, 0.1, 0.25, 0.5)},
                "nn_hist": np.histogram(nn, NN_BINS)[0].tolist(), "nn_none_under": int((nn >= top).sum()),
                "plain": {}, "linkage": {}}
+        cand = sd < params.mutual_threshold
+        mutual = mutual_knn_mask(n, si[cand], sj[cand], sd[cand], params.mutual_k)
         for t in grid:
             c = sd < t
             sizes = np.bincount(connected_groups(n, [(si[c], sj[c])]))
             res["plain"][f"{t:.2f}"] = {"pairs": int(c.sum()), "largest": int(sizes.max()), "groups_gt1": int((sizes > 1).sum())}
             if t <= params.mutual_threshold:
-                cand = sd < params.mutual_threshold
-                mut = mutual_knn_mask(n, si[cand], sj[cand], sd[cand], params.mutual_k) & ~c[cand]
+                mut = mutual & ~c[cand]
                 sizes = np.bincount(connected_groups(n, [(si[c], sj[c]), (si[cand][mut], sj[cand][mut])]))
                 res["linkage"][f"{t:.2f}"] = {"largest": int(sizes.max()), "groups_gt1": int((sizes > 1).sum())}
         if scope != "union":
             res["null"] = _null_rates(table.iloc[rows].reset_index(drop=True), si, sj, sd, grid)
         out[scope] = res
+    cross = src[i] != src[j]
+    out["union"]["cross_source_pairs"] = {f"{t:.2f}": int((cross & (d < t)).sum()) for t in grid}
     return {"grid": [float(t) for t in grid], "nn_bins": NN_BINS.tolist(), "params": params.to_dict(), "scopes": out,
             "dhash": dhash_study(table, dhashes)}
 
@@ -205,7 +208,10 @@ def render_markdown(result: dict) -> str:
           "labels agree (copies of one photo agree; unrelated faces about half the time):"), ""]
     L += _table(["bits", "pairs", "gender agree", "across sources"],
                 [[b, v["pairs"], v["gender_agree"], v["cross_source"]] for b, v in study["dhash"].items()])
-    L += ["", "## Edges joined", ""]
+    xs = scopes["union"]["cross_source_pairs"]
+    L += ["", "FairFace-UTKFace pairs closer than t (descriptors): " + ", ".join(f"{t}: {n}" for t, n in xs.items())
+          + ". Grouping and splitting run on both sources together, so any cross-source copy shares a split.",
+          "", "## Edges joined", ""]
     L += [f"- {k}: {v} pairs" for k, v in result["edges"].items()]
     L += ["", "## Cross-split near-pair rates", "",
           ("Fraction of image pairs closer than each distance. If the grouping missed identity links, pairs "

@@ -132,6 +132,19 @@ class CSVHistory(keras.callbacks.Callback):
         row.sort_values("epoch").to_csv(self.path, index=False)
 
 
+def _before_save(sync, weighting: LossWeighting, info: ModelInfo):
+    """Copies cached-phase heads into the net and records the loss weighting's state
+    (effective weights, uncertainty log-variances) in the sidecar of the saved model."""
+
+    def hook() -> None:
+        if sync is not None:
+            sync()
+        info.extra["loss_weights"] = weighting.current_weights()
+        info.extra["log_vars"] = dict(zip(weighting.heads, map(float, weighting.log_vars.numpy())))
+
+    return hook
+
+
 def _save_state(net, weighting, path: Path) -> None:
     net.save_weights(path.with_suffix(".weights.h5"))
     np.savez(path.with_suffix(".weighting.npz"), *weighting.get_weights())
@@ -228,14 +241,14 @@ def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
             fit_net, sync, fit_train, fit_val, n_rows = net, None, train_ds.repeat(), val_ds, len(train_t)
             prepare = lambda x, training, seed: augment_batch(x, cfg.augment, seed, training)  # noqa: E731
             callbacks.append(train_ds.bad_file_counter)
-        steps = cfg.train.steps_per_epoch or max(1, n_rows // bs)
+        steps = stage.steps_per_epoch or cfg.train.steps_per_epoch or max(1, n_rows // bs)
         with strategy.scope():
             trainer = MultiTaskTrainer(fit_net, weighting, loss_fns, prepare, seed=cfg.train.seed + i)
             opt = make_optimizer(cfg.train.optimizer, lr_schedule(stage.lr, stage.epochs, steps, cfg.train.warmup_epochs),
                                  cfg.model.weight_decay)
             trainer.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
         callbacks = [LossWeightingCallback(weighting), LearningRateLogger(), *callbacks,
-                     BestModelSaver(net, best_dir, cfg.train.monitor, info, sync),
+                     BestModelSaver(net, best_dir, cfg.train.monitor, info, _before_save(sync, weighting, info)),
                      keras.callbacks.BackupAndRestore(str(ckpt / f"backup_stage{i}")),
                      CSVHistory(run_dir / "history.csv"), TrackingCallback(tracker)]
         if cfg.train.early_stopping_patience > 0:

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # triton (CUDA-only torch dependency) segfaults when loaded after TensorFlow; CPU torch
 # never needs it, so block it before torch loads.
 sys.modules.setdefault("triton", None)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from ff_keras import labels  # noqa: E402
-from ff_keras.config import load_config  # noqa: E402
-from ff_keras.convert import convert_state_dict, load_backbone_weights, load_converted, save_converted  # noqa: E402
-from ff_keras.model import build_backbone, build_model  # noqa: E402
+from ff_keras import labels
+from ff_keras.config import load_config
+from ff_keras.convert import convert_state_dict, load_backbone_weights, load_converted, save_converted
+from ff_keras.model import build_backbone, build_model
 
 PARITY_ATOL = 1e-4  # float32 round-off of a 34-layer net; a wrong transpose is off by O(1)
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # torchvision's ImageNet heads, dropped for backbones

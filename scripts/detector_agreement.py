@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.datasets import resolve_data_root  # noqa: E402
-from ff_keras.faces.detect import DETECTORS, MIN_FACE  # noqa: E402
-from ff_keras.faces.study import detector_agreement, make_photos, sample_crops  # noqa: E402
+from ff_keras.datasets import resolve_data_root
+from ff_keras.faces.detect import DETECTORS, MIN_FACE
+from ff_keras.faces.study import detector_agreement, make_photos, sample_crops
 
 
 def main(argv: list[str] | None = None) -> int:

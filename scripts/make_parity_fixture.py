@@ -20,15 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # never needs it, so block it before torch loads.
 sys.modules.setdefault("triton", None)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-from PIL import Image  # noqa: E402
-from torchvision.models.resnet import BasicBlock, ResNet  # noqa: E402
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.models.resnet import BasicBlock, ResNet
 
-from ff_keras import labels  # noqa: E402
-from ff_keras.backbones import IMAGENET  # noqa: E402
-from ff_keras.datasets import resolve_data_root  # noqa: E402
+from ff_keras import labels
+from ff_keras.backbones import IMAGENET
+from ff_keras.datasets import resolve_data_root
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 BLOCKS, SIZE = (2, 2, 2, 2), 64

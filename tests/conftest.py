@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# torch (optional, parity tests only) pulls in CUDA-only triton, whose library clashes
+# with TensorFlow's and segfaults when both load; nothing here needs triton.
+sys.modules.setdefault("triton", None)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("WANDB_MODE", "offline")

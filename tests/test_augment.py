@@ -49,9 +49,8 @@ def test_seeded_determinism_and_generator(faces):
     assert not np.array_equal(b1.numpy(), augment_batch(faces, cfg, g1, True).numpy())  # fresh seed per call
 
 
-@pytest.mark.parametrize("jit", [True, False])
-def test_same_eagerly_in_tf_function_and_in_dataset_map(faces, jit):
-    cfg = AugmentConfig(random_resized_crop=True, jit_compile=jit)
+def test_same_eagerly_in_tf_function_and_in_dataset_map(faces):
+    cfg = AugmentConfig(random_resized_crop=True)
 
     def fn(x, s):
         return augment_batch(x, cfg, s, training=True)
@@ -62,7 +61,7 @@ def test_same_eagerly_in_tf_function_and_in_dataset_map(faces, jit):
     np.testing.assert_allclose(graph.numpy(), eager.numpy(), atol=1e-3)
     np.testing.assert_allclose(mapped.numpy(), eager.numpy(), atol=1e-3)
     # XLA-compiled and op-by-op runs draw the same parameters and agree to float rounding.
-    other = augment_batch(faces, dataclasses.replace(cfg, jit_compile=not jit), SEED, training=True)
+    other = augment_batch(faces, dataclasses.replace(cfg, jit_compile=False), SEED, training=True)
     np.testing.assert_allclose(other.numpy(), eager.numpy(), atol=1e-3)
 
 

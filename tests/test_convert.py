@@ -17,11 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.modules.setdefault("triton", None)  # triton segfaults when loaded after TensorFlow
 
-from ff_keras import labels  # noqa: E402
-from ff_keras.config import load_config  # noqa: E402
-from ff_keras.convert import (ConversionError, convert_state_dict, load_backbone_weights,  # noqa: E402
-                              load_converted, save_converted, weights_digest)
-from ff_keras.model import build_backbone, build_model, get_backbone_model  # noqa: E402
+from ff_keras import labels
+from ff_keras.config import load_config
+from ff_keras.convert import (
+    ConversionError,
+    convert_state_dict,
+    load_backbone_weights,
+    load_converted,
+    save_converted,
+    weights_digest,
+)
+from ff_keras.model import build_backbone, build_model, get_backbone_model
 
 FIXTURES = {arch: REPO / "tests" / "fixtures" / f"parity_{arch}_tiny.npz" for arch in ("resnet18", "mobilenet_v2")}
 GOLDEN_ATOL = 1e-4  # torch vs Keras float32 on a stored tensor (timm's atol)
@@ -192,7 +198,7 @@ def test_mobilenet_v2_imagenet_parity_logits_and_top5(torch_modules, faces):
     pooled = backbone.predict_on_batch(normalization_layer("mobilenet_v2")(faces.astype(np.float32)))
     got = pooled @ state["classifier.1.weight"].T + state["classifier.1.bias"]
     np.testing.assert_allclose(got, want, atol=PARITY_ATOL, rtol=0)
-    top5 = lambda z: np.argsort(-z, axis=1)[:, :5]  # noqa: E731
+    top5 = lambda z: np.argsort(-z, axis=1)[:, :5]
     np.testing.assert_array_equal(top5(got), top5(want))
 
 

@@ -221,3 +221,20 @@ def test_precision_policy_from_config():
         assert precision.set_policy("mixed_bfloat16") == keras.mixed_precision.global_policy().name
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_keras_fit_consumes_dataset_and_reports_bad_files(data_root, tmp_path):
+    """The dataset's (x, y, sample_weight) dicts drive a real Keras fit; skips reach the logs."""
+    table = _root_with_bad_files(data_root, tmp_path)
+    cfg = _cfg(size=16, batch=2, **{"model.heads": "[age,gender,race]", "model.age_years_head": "false"})
+    counter = data.BadFileCounter()
+    ds = data.make_dataset(table, tmp_path, cfg, training=True, counter=counter)
+    inputs = keras.Input((16, 16, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    outputs = {h: keras.layers.Dense(len(labels.HEAD_CLASSES[h]), name=h)(pooled) for h in cfg.model.heads}
+    model = keras.Model(inputs, outputs)
+    loss = {h: keras.losses.SparseCategoricalCrossentropy(from_logits=True) for h in cfg.model.heads}
+    model.compile(optimizer="sgd", loss=loss)
+    history = model.fit(ds, epochs=2, callbacks=[counter], verbose=0)
+    assert history.history["bad_files"] == [2.0, 2.0]  # counted again in every epoch
+    assert all(np.isfinite(history.history["loss"]))

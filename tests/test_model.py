@@ -152,3 +152,14 @@ def test_keras_round_trip(tmp_path):
         np.testing.assert_allclose(got[head], want[head], atol=1e-6)
     assert not get_backbone_model(loaded).get_layer("conv1").trainable
     assert len(loaded.losses) == len(model.losses)
+
+
+def test_heads_stay_float32_under_mixed_precision():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(tiny_cfg("resnet18"))
+        assert get_backbone_model(model).get_layer("conv1").compute_dtype == "bfloat16"
+        out = model(images())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert all(v.dtype == tf.float32 for v in out.values())

@@ -50,7 +50,7 @@ def _conv_bn_relu6(x, filters: int, kernel: int, stride: int, prefix: str, depth
 
 def _inverted_residual(x, out_ch: int, stride: int, expand: int, prefix: str):
     in_ch = x.shape[-1]
-    hidden = int(round(in_ch * expand))
+    hidden = round(in_ch * expand)
     y, k = x, 0
     if expand != 1:
         y = _conv_bn_relu6(y, hidden, 1, 1, f"{prefix}_conv_{k}")

@@ -15,7 +15,7 @@ name table. The graph mirrors torchvision numerics exactly:
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -34,7 +34,7 @@ BN_MOMENTUM = 0.9
 
 
 def _channels(c: int, width: float) -> int:
-    return max(1, int(round(c * width)))
+    return max(1, round(c * width))
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, conv_name: str, bn_name: str):

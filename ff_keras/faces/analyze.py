@@ -8,9 +8,9 @@ Python round trip and a tiny matmul each).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -123,9 +123,10 @@ def analyze(
 
 
 def _faces_in(rgb: np.ndarray, detector: str, size: int, min_face: int) -> tuple[list[Face | None], np.ndarray]:
-    if detector == NO_DETECTOR:
-        chip = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-        return [None], chip[None]
+    if detector == NO_DETECTOR:  # the model's own resize policy, as for any aligned crop
+        from ff_keras.predictor import prepare_face
+
+        return [None], prepare_face(rgb, size)[None]
     return detect_and_align(rgb, detector, size, min_face)
 
 

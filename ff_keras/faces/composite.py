@@ -8,9 +8,9 @@ union of ``chip_quad`` with that square measures how closely a crop is reproduce
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

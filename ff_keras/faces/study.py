@@ -4,8 +4,8 @@ detectors' crops of the same face lead to the same predicted labels (issue 10 it
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -1,0 +1,135 @@
+"""scripts/predict.py end to end on real photos with a tiny real checkpoint (32 px ResNet-18)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_faces import CROPS, multi_person_photo
+
+from ff_keras.faces import composite as C
+from ff_keras.faces.analyze import analyze
+from ff_keras.faces.detect import DEFAULT_DETECTOR
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "predict.py"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from export_helpers import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, data_root):
+    """A folder with a 3-face composite, a 6-person photo, a photo without faces and a broken file."""
+    folder = tmp_path_factory.mktemp("photos")
+    comp = C.make_composite([data_root / "fairface" / "val" / f"{i}.jpg" for i in CROPS],
+                            np.random.default_rng(0), face_px=(170, 200))
+    Image.fromarray(comp.image).save(folder / "composite.png")
+    shutil.copy(multi_person_photo(), folder / "group.jpg")
+    Image.fromarray(C.background(120, 160, np.random.default_rng(1))).save(folder / "empty.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    return folder, comp
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], check=False, capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=900)
+
+
+def test_folder_json_boxes_and_annotations(ckpt, photos, tmp_path):
+    folder, comp = photos
+    out = tmp_path / "out"
+    res = run_cli(str(folder), "--model", str(ckpt), "--json", "-b", "--out", str(out),
+                  "--batch-size", "4", "--min-face", "80")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert set(doc) == {"model", "detector", "images_read", "faces", "no_faces", "unreadable"}
+    assert doc["detector"] == DEFAULT_DETECTOR and doc["images_read"] == 3
+    assert doc["no_faces"] == [str(folder / "empty.png")]
+    assert [u["path"] for u in doc["unreadable"]] == [str(folder / "broken.jpg")]
+    assert "broken.jpg" in doc["unreadable"][0]["error"]
+    assert "unreadable, skipped" in res.stderr and "no face found" in res.stderr
+
+    by_image = {}
+    for rec in doc["faces"]:
+        assert set(rec) == {"image", "face", "detector", "box", "confidence", "landmarks", "predictions"}
+        assert len(rec["box"]) == 4 and all(isinstance(v, int) for v in rec["box"])
+        assert np.array(rec["landmarks"]).shape == (5, 2) and isinstance(rec["confidence"], float)
+        assert set(rec["predictions"]) == {"age", "gender", "race"}
+        for pred in rec["predictions"].values():
+            probs = pred["probabilities"]
+            assert abs(sum(probs.values()) - 1) < 1e-4
+            assert pred["label"] == max(probs, key=probs.get)
+        by_image.setdefault(Path(rec["image"]).name, []).append(rec)
+    assert {k: len(v) for k, v in by_image.items()} == {"composite.png": 3, "group.jpg": 6}
+    assert [r["face"] for r in by_image["group.jpg"]] == list(range(6))
+    for rec, (x0, y0, x1, y1) in zip(by_image["composite.png"], comp.boxes):
+        x, y, w, h = rec["box"]
+        cx, cy = x + w / 2, y + h / 2
+        assert x0 < cx < x1 and y0 < cy < y1
+
+    written = sorted(p.name for p in out.glob("*_faces.jpg"))
+    assert written == ["composite_faces.jpg", "empty_faces.jpg", "group_faces.jpg"]
+    assert json.loads((out / "predictions.json").read_text())["faces"] == doc["faces"]
+    drawn = np.asarray(Image.open(out / "composite_faces.jpg").convert("RGB")).astype(int)
+    x, y, w, h = by_image["composite.png"][0]["box"]
+    edge = drawn[y + h // 2, x - 1 : x + 2]  # a point on the left edge of the first box: green
+    assert (edge[:, 1] > 180).any() and (edge[:, 1] - edge[:, 0] > 100).any()
+
+
+def test_table_with_detector_none(ckpt, data_root):
+    crops = [str(data_root / "fairface" / "val" / f"{i}.jpg") for i in CROPS[:2]]
+    res = run_cli(*crops, "--model", str(ckpt), "--detector", "none")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].split() == ["image", "face", "box", "conf", "age", "gender", "race"]
+    assert [ln.split()[0] for ln in lines[2:4]] == [Path(c).name for c in crops]
+    assert "0,0,224,224" in lines[2]
+    assert lines[-1].startswith("2 faces in 2 photos")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("predict_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exit_status_only_when_nothing_readable(ckpt, tmp_path, capsys):
+    (tmp_path / "a.jpg").write_bytes(b"not an image")
+    main = load_script().main
+    assert main([str(tmp_path / "a.jpg"), str(tmp_path / "missing.png"), "--model", str(ckpt)]) == 1
+    assert "missing.png" in capsys.readouterr().err
+    assert main([str(tmp_path / "a.jpg"), str(tmp_path / "missing.png"), "--model", str(tmp_path / "x.onnx")]) == 2
+
+
+def test_faces_from_all_photos_are_classified_in_batches(ckpt, photos):
+    """Chips of several photos share model calls: 6 faces at batch size 4 -> calls of 4 and 2."""
+    from ff_keras.predictor import load_predictor
+
+    predictor = load_predictor(ckpt, batch_size=64)
+    sizes = []
+    real_predict = predictor.predict
+
+    def counting_predict(images):
+        sizes.append(len(images))
+        return real_predict(images)
+
+    predictor.predict = counting_predict
+    folder, _ = photos
+    report = analyze([folder / "composite.png"] * 2, predictor, "dlib", batch_size=4, min_face=80)
+    assert len(report.records) == 6 and sizes == [4, 2]
+    assert all("predictions" in r for r in report.records)
