@@ -9,9 +9,9 @@ Each method is one W&B run in a shared group, so the curves overlay in the UI.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import keras
 import pandas as pd
@@ -102,7 +102,7 @@ def compare(
                      **{f"final_weight_{h}": w for h, w in final_w.items()}})
     table = pd.DataFrame(rows).set_index("method")
     (out / "results.json").write_text(json.dumps({"group": group, "epochs": epochs, "steps_per_epoch": steps,
-                                                  "n_train_rows": int(len(tr["emb"])), "n_val": int(len(va["emb"])),
+                                                  "n_train_rows": len(tr["emb"]), "n_val": len(va["emb"]),
                                                   "results": rows}, indent=2))
     (out / "results.md").write_text(to_markdown(table, epochs, steps, group))
     return table

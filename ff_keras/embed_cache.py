@@ -10,8 +10,8 @@ model, layer by layer, so the full model continues from exactly these heads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import keras
 import numpy as np

@@ -8,7 +8,7 @@ instead of one diluted by the rows that carry no race-7 label.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 

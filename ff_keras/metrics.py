@@ -8,7 +8,7 @@ epoch and divided once at the end (sklearn's definitions, checked in tests).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf

@@ -17,10 +17,11 @@ import logging
 import secrets
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import keras
 import numpy as np
@@ -36,8 +37,15 @@ from ff_keras.datasets import resolve_data_root
 from ff_keras.losses import build_losses, head_losses
 from ff_keras.model_info import ModelInfo
 from ff_keras.tracking import Tracker, TrackingCallback
-from ff_keras.trainer import (BestModelSaver, LearningRateLogger, MultiTaskTrainer, get_strategy,
-                              lr_schedule, make_optimizer, monitor_mode)
+from ff_keras.trainer import (
+    BestModelSaver,
+    LearningRateLogger,
+    MultiTaskTrainer,
+    get_strategy,
+    lr_schedule,
+    make_optimizer,
+    monitor_mode,
+)
 from ff_keras.weighting import LossWeighting, LossWeightingCallback
 
 log = logging.getLogger(__name__)
@@ -145,6 +153,11 @@ def _before_save(sync, weighting: LossWeighting, info: ModelInfo):
     return hook
 
 
+def _augment(aug_cfg, x, training: bool, seed):
+    """In-step augmentation (``MultiTaskTrainer`` passes ``x, training, seed``)."""
+    return augment_batch(x, aug_cfg, seed, training)
+
+
 def _save_state(net, weighting, path: Path) -> None:
     net.save_weights(path.with_suffix(".weights.h5"))
     np.savez(path.with_suffix(".weighting.npz"), *weighting.get_weights())
@@ -228,18 +241,18 @@ def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
             feats = embed_cache.feature_model(net)
             plain = data.make_dataset(train_t, root, cfg, False, encoders)
             tr = embed_cache.cached(run_dir / "embeddings" / "train.npz",
-                                    lambda: embed_cache.extract(feats, plain, flip=cfg.train.cache_flip))
-            va = embed_cache.cached(run_dir / "embeddings" / "val.npz", lambda: embed_cache.extract(feats, val_ds))
+                                    partial(embed_cache.extract, feats, plain, flip=cfg.train.cache_flip))
+            va = embed_cache.cached(run_dir / "embeddings" / "val.npz", partial(embed_cache.extract, feats, val_ds))
             with strategy.scope():
                 fit_net = embed_cache.head_model(net, heads)
             names = embed_cache.head_layer_names(net, heads)
-            sync = lambda: embed_cache.copy_layer_weights(fit_net, net, names)  # noqa: E731
+            sync = partial(embed_cache.copy_layer_weights, fit_net, net, names)
             fit_train = embed_cache.to_dataset(tr, heads, bs, True, cfg.train.seed).repeat()
             fit_val = embed_cache.to_dataset(va, heads, bs, False)
             n_rows, prepare = len(tr["emb"]), None
         else:
             fit_net, sync, fit_train, fit_val, n_rows = net, None, train_ds.repeat(), val_ds, len(train_t)
-            prepare = lambda x, training, seed: augment_batch(x, cfg.augment, seed, training)  # noqa: E731
+            prepare = partial(_augment, cfg.augment)
             callbacks.append(train_ds.bad_file_counter)
         steps = stage.steps_per_epoch or cfg.train.steps_per_epoch or max(1, n_rows // bs)
         with strategy.scope():

@@ -10,8 +10,8 @@ tf.data), every head's loss is a masked mean under its sample weights, and a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping, Optional
 
 import keras
 import tensorflow as tf
@@ -53,7 +53,7 @@ class MultiTaskTrainer(keras.Model):
         net: keras.Model,
         weighting: LossWeighting,
         head_losses: Mapping[str, losses_lib.PerSampleLoss],
-        prepare: Optional[Prepare] = None,
+        prepare: Prepare | None = None,
         seed: int = 0,
         **kwargs,
     ):
@@ -121,7 +121,7 @@ class MultiTaskTrainer(keras.Model):
 def lr_schedule(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float):
     """Per-step cosine decay to 0 after a linear warmup from 0 (warmup capped at half the stage)."""
     total = max(1, epochs * steps_per_epoch)
-    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total // 2)
+    warmup = min(round(warmup_epochs * steps_per_epoch), total // 2)
     if warmup == 0:
         return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
     return keras.optimizers.schedules.CosineDecay(

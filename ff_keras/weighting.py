@@ -14,7 +14,7 @@ resumed run continues with the same weights.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np

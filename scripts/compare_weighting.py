@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.compare_weighting import METHODS, compare  # noqa: E402
-from ff_keras.config import load_config  # noqa: E402
+from ff_keras.compare_weighting import METHODS, compare
+from ff_keras.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

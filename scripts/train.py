@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.config import load_config  # noqa: E402
-from ff_keras.train import train  # noqa: E402
+from ff_keras.config import load_config
+from ff_keras.train import train
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

@@ -31,7 +31,7 @@ def _fit(strategy: str, epochs: int, base=None):
 
 
 def test_fixed_weights_stay_constant():
-    _, lw, hist = _fit("fixed", 3, {"gender": 2.0, "race": 0.5})
+    _, _, hist = _fit("fixed", 3, {"gender": 2.0, "race": 0.5})
     assert hist["loss_weight_gender"] == [2.0, 2.0, 2.0]
     assert hist["loss_weight_race"] == [0.5, 0.5, 0.5]
 
