@@ -96,6 +96,8 @@ class TrainConfig:
     cache_frozen_embeddings: bool = True
     mixed_precision: str = "auto"  # "auto" | "float32" | "mixed_float16" | "mixed_bfloat16"
     distribute: str = "none"  # "none" | "mirrored" | "multi_worker"
+    # mirrored without GPUs: split the CPU into this many logical devices (tests/smoke; 0 = off)
+    logical_devices: int = 0
     monitor: str = "val_race_accuracy"
     early_stopping_patience: int = 5
     seed: int = 0

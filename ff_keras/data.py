@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from ff_keras import distribute
 from ff_keras import labels as L
 from ff_keras.config import Config
 from ff_keras.preprocess import square_resize_tf
@@ -225,7 +226,7 @@ def make_dataset(
         d.batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=d.deterministic
     )
 
-    options = tf.data.Options()
+    options = distribute.dataset_options()  # DATA auto-sharding for multi-worker input
     options.deterministic = d.deterministic
     ds = ds.with_options(options).prefetch(AUTOTUNE)
     gpus = tf.config.list_logical_devices("GPU")

@@ -165,14 +165,19 @@ def leakage_check(cfg: Config, split: str) -> dict:
         "paths_in_two_splits": int((paths > 1).sum()),
     }
     cache = _repo_path(cfg.evaluation.identity_cache) if cfg.evaluation.identity_cache else None
-    if cache is not None and cache.exists():
+    report = _repo_path(cfg.evaluation.leakage_report)
+    # The identity threshold the splits were made with is recorded in the split-time report.
+    if cache is not None and cache.exists() and report.exists():
         from ff_keras import identity, leakage
+        from ff_keras.grouping import GroupingParams
+
+        params = GroupingParams(**json.loads(report.read_text())["params"])
 
         emb = identity.load_cache(cache)
         index = {k: i for i, k in enumerate(emb["key"].tolist())}
         if all(p in index for p in manifest["rel_path"]):
             rows = np.array([index[p] for p in manifest["rel_path"]])
-            full = leakage.verify_leakage(manifest, {k: v[rows] for k, v in emb.items()})
+            full = leakage.verify_leakage(manifest, {k: v[rows] for k, v in emb.items()}, params)
             out.update(
                 source="recomputed (leakage.verify_leakage)",
                 ok=full["ok"],
@@ -186,7 +191,6 @@ def leakage_check(cfg: Config, split: str) -> dict:
             )
             out["summary"] = f"Leakage re-verified from the identity cache: ok = {full['ok']}."
             return out
-    report = _repo_path(cfg.evaluation.leakage_report)
     if report.exists():
         saved = json.loads(report.read_text())
         out["source"] = f"quoted from {cfg.evaluation.leakage_report} (identity pairs not recomputed)"

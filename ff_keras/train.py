@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.metrics import confusion_matrix
 
-from ff_keras import data, embed_cache, labels, precision, splits, validate
+from ff_keras import data, distribute, embed_cache, labels, precision, splits, validate
 from ff_keras import model as model_lib
 from ff_keras.augment import augment_batch
 from ff_keras.config import Config, StageConfig, save_config, to_dict
@@ -64,8 +65,7 @@ def prepare_run(cfg: Config, argv: Sequence[str]) -> tuple[Config, Path, bool]:
     """Resolves the run id, creates the folder, saves config + command; says if it resumes."""
     cfg = copy.deepcopy(cfg)
     cfg.train.run_id = cfg.train.run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(cfg.output_dir)
-    run_dir = (out if out.is_absolute() else REPO / out) / f"{cfg.name}-{cfg.train.run_id}"
+    run_dir = run_folder(cfg)
     resumed = (run_dir / "config.yaml").exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resumed:
@@ -73,6 +73,12 @@ def prepare_run(cfg: Config, argv: Sequence[str]) -> tuple[Config, Path, bool]:
     with open(run_dir / "command.txt", "a") as f:
         f.write(f"{datetime.now().isoformat(timespec='seconds')}\t{shlex.join([sys.executable, *argv])}\n")
     return cfg, run_dir, resumed
+
+
+def run_folder(cfg: Config) -> Path:
+    """``<output_dir>/<name>-<run_id>`` (a relative output_dir is relative to the repo)."""
+    out = Path(cfg.output_dir)
+    return (out if out.is_absolute() else REPO / out) / f"{cfg.name}-{cfg.train.run_id}"
 
 
 def subsample(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -192,6 +198,14 @@ def train(
 
 def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
     cfg = copy.deepcopy(cfg)
+    # First: logical devices and collectives must be set up before the TF runtime starts.
+    strategy = get_strategy(cfg.train.distribute, cfg.train.logical_devices)
+    chief = distribute.is_chief(strategy)
+    if not chief:  # same code on every worker; only the chief writes the run folder and W&B
+        if not cfg.train.run_id:
+            raise ValueError("train.distribute=multi_worker needs the same train.run_id on every worker")
+        cfg.output_dir = str(distribute.worker_dir(run_folder(cfg), strategy))
+        cfg.wandb.mode = "disabled"
     resolve_weights(cfg)  # before the config is saved: the run records the exact file
     cfg, run_dir, resumed = prepare_run(cfg, sys.argv if argv is None else argv)
     print(f"{'resuming' if resumed else 'starting'} run {run_dir}", flush=True)
@@ -204,9 +218,11 @@ def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
     train_ds = data.make_dataset(train_t, root, cfg, True, encoders)
     val_ds = data.make_dataset(val_t, root, cfg, False, encoders)
     bs = cfg.data.batch_size
-    print(f"train {len(train_t)} rows, val {len(val_t)} rows, heads {heads}, precision {policy}", flush=True)
+    replicas = {"strategy": cfg.train.distribute, "replicas": strategy.num_replicas_in_sync,
+                "global_batch": bs, "per_replica_batch": distribute.per_replica_batch(bs, strategy)}
+    print(f"train {len(train_t)} rows, val {len(val_t)} rows, heads {heads}, precision {policy}, "
+          f"{replicas}", flush=True)
 
-    strategy = get_strategy(cfg.train.distribute)
     with strategy.scope():
         net = model_lib.build_model(cfg)
         weighting = LossWeighting(heads, cfg.train.loss_weighting, cfg.train.loss_weights, cfg.train.dwa_temperature)
@@ -220,7 +236,8 @@ def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
     info = ModelInfo(cfg.data.image_size, cfg.model.backbone,
                      heads=[h for h in heads if h in labels.HEAD_CLASSES],
                      extra={"regression_heads": [h for h in heads if h in labels.REGRESSION_HEADS],
-                            "run": run_dir.name, "loss_weighting": cfg.train.loss_weighting})
+                            "run": run_dir.name, "loss_weighting": cfg.train.loss_weighting,
+                            "distribute": replicas})
     best_dir, ckpt = run_dir / "best", run_dir / "checkpoints"
     ckpt.mkdir(exist_ok=True)
 
@@ -247,8 +264,9 @@ def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
                 fit_net = embed_cache.head_model(net, heads)
             names = embed_cache.head_layer_names(net, heads)
             sync = partial(embed_cache.copy_layer_weights, fit_net, net, names)
-            fit_train = embed_cache.to_dataset(tr, heads, bs, True, cfg.train.seed).repeat()
-            fit_val = embed_cache.to_dataset(va, heads, bs, False)
+            shard = distribute.dataset_options()
+            fit_train = embed_cache.to_dataset(tr, heads, bs, True, cfg.train.seed).repeat().with_options(shard)
+            fit_val = embed_cache.to_dataset(va, heads, bs, False).with_options(shard)
             n_rows, prepare = len(tr["emb"]), None
         else:
             fit_net, sync, fit_train, fit_val, n_rows = net, None, train_ds.repeat(), val_ds, len(train_t)
@@ -278,6 +296,8 @@ def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
     val_metrics = final_validation(best_dir / "model.keras", val_ds, heads, weighting, loss_fns, tracker, run_dir)
     tracker.finish()
     history = pd.read_csv(run_dir / "history.csv").to_dict(orient="list")
+    if not chief:  # a non-chief's copies were only needed while its collectives ran
+        shutil.rmtree(cfg.output_dir, ignore_errors=True)
     print(f"done: best model {best_dir / 'model.keras'}", flush=True)
     return TrainResult(run_dir, best_dir / "model.keras", history, val_metrics)
 

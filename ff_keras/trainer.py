@@ -22,19 +22,13 @@ from ff_keras.weighting import LossWeighting
 
 Prepare = Callable[[tf.Tensor, bool, tf.Tensor], tf.Tensor]
 OPTIMIZERS = ("adam", "adamw", "sgd")
-STRATEGIES = ("none", "mirrored", "multi_worker")
 
 
-def get_strategy(name: str) -> tf.distribute.Strategy:
-    """``none`` -> the default (no-op) strategy; model, optimizer, metrics and weighting
-    variables are always created under ``strategy.scope()`` so mirrored training needs no rewrite."""
-    if name == "none":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown train.distribute {name!r}; expected one of {STRATEGIES}")
+def get_strategy(name: str, logical_devices: int = 0) -> tf.distribute.Strategy:
+    """Kept for callers of this module; the strategy logic lives in ``ff_keras.distribute``."""
+    from ff_keras import distribute
+
+    return distribute.get_strategy(name, logical_devices)
 
 
 class MultiTaskTrainer(keras.Model):
