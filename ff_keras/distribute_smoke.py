@@ -58,7 +58,7 @@ def run_layout(layout: str, out_dir: Path, overrides: list[str], config: Path = 
     else:
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / "worker0.log", "w") as out:
-            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run(argv, check=False, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
         if proc.returncode:
             tail = (logs / "worker0.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{layout} run exited with {proc.returncode}:\n{tail}")
@@ -79,9 +79,10 @@ def read_run(run_dir: Path) -> dict:
     }
 
 
-def compare(out_dir: Path, layouts=tuple(LAYOUTS), overrides: list[str] = COMPARE, timeout: float = 300) -> dict:
+def compare(out_dir: Path, layouts=tuple(LAYOUTS), overrides: list[str] = COMPARE, timeout: float = 300,
+            config: Path = SMOKE) -> dict:
     """Runs every layout on the same batches; adds each one's loss differences to ``none``."""
-    results = {layout: run_layout(layout, out_dir, list(overrides), timeout=timeout) for layout in layouts}
+    results = {layout: run_layout(layout, out_dir, list(overrides), config, timeout) for layout in layouts}
     if "none" in results:
         base = results["none"]["step_losses"]
         for r in results.values():

@@ -10,7 +10,7 @@ Asians), and "Others" has no FairFace counterpart.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class LabelEncoder:
         self.schema = HEAD_CLASSES[head]
         self.classes_: tuple[str, ...] | None = tuple(classes) if classes is not None else None
 
-    def fit(self, values: Iterable[str], rows: Sequence[str] | None = None) -> "LabelEncoder":
+    def fit(self, values: Iterable[str], rows: Sequence[str] | None = None) -> LabelEncoder:
         values = list(values)
         self._check_known(values, rows, self.schema, "label schema")
         # Keep every schema class, even if absent from this split, so ids are stable.

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ff_keras.labels import REGRESSION_HEADS
 from ff_keras.model_info import ModelInfo, load_info
 from ff_keras.preprocess import square_resize_np
 
@@ -71,6 +72,11 @@ class Predictor:
         return list(self.info.heads)
 
     @property
+    def regression_heads(self) -> list[str]:
+        """Raw (not softmaxed) heads such as ``age_years``; only training checkpoints have them."""
+        return []
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.info.image_size, self.info.image_size, 3)
 
@@ -91,6 +97,8 @@ class Predictor:
         out = {h: np.concatenate([c[h] for c in chunks]).astype(np.float32) for h in self.heads}
         if self.info.outputs == "logits":
             out = {h: softmax(v, self.info.temperature.get(h, 1.0)) for h, v in out.items()}
+        for h in self.regression_heads:
+            out[h] = np.concatenate([c[h] for c in chunks]).astype(np.float32).reshape(len(x))
         return out
 
     def labels_from_probs(self, probs: dict[str, np.ndarray]) -> list[dict[str, dict]]:
@@ -152,9 +160,13 @@ class KerasPredictor(Predictor):
         self._tf = tf
         self.model = keras.saving.load_model(str(path), compile=False)
 
+    @property
+    def regression_heads(self) -> list[str]:
+        return [h for h in REGRESSION_HEADS if h in self.model.output_names]
+
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         out = self.model(batch, training=False)
-        return {h: np.asarray(out[h]) for h in self.heads}
+        return {h: np.asarray(out[h]) for h in [*self.heads, *self.regression_heads]}
 
 
 class SavedModelPredictor(Predictor):

@@ -31,6 +31,15 @@ def get_strategy(name: str, logical_devices: int = 0) -> tf.distribute.Strategy:
     return distribute.get_strategy(name, logical_devices)
 
 
+def _step_logs(logs: dict) -> dict:
+    """Keras 3.15 mean-reduces step logs over MultiWorkerMirroredStrategy replicas with
+    ``reduce(axis=0)``, which fails on scalars; give them that axis there. (Epoch logs are
+    recomputed from the synced metric variables, so they are exact either way.)"""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
+
+
 class MultiTaskTrainer(keras.Model):
     """Trains ``net`` (dict of logits) on ``(x, labels, sample_weights)`` batches.
 
@@ -67,6 +76,19 @@ class MultiTaskTrainer(keras.Model):
     def metrics(self) -> list[keras.metrics.Metric]:
         return [self.total_tracker, *self.loss_trackers, *(m for _, m in self.head_metrics)]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras 3.15 peeks one batch to build the model here:
+        # that opens an extra iterator (a reshuffling pipeline then starts at a different
+        # permutation than without the strategy) and all-reduces the batch, which
+        # MultiWorkerMirroredStrategy cannot do for uint8 images ("PerReplica ... to a
+        # Tensor"). ``net`` is built already; only the optimizer needs its slots, in scope.
+        if self._distribute_strategy is None or iterator is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+            self._post_build()
+
     def call(self, x, training: bool = False):
         return self.net(x, training=training)
 
@@ -99,13 +121,13 @@ class MultiTaskTrainer(keras.Model):
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self.update_metrics(per_head, total, y, y_pred, sw)
+        return _step_logs(self.update_metrics(per_head, total, y, y_pred, sw))
 
     def test_step(self, data):
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self.net(self._inputs(x, training=False), training=False)
         per_head = losses_lib.head_losses(self._loss_fns, y, y_pred, sw)
-        return self.update_metrics(per_head, self.weighting.combine(per_head), y, y_pred, sw)
+        return _step_logs(self.update_metrics(per_head, self.weighting.combine(per_head), y, y_pred, sw))
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from ff_keras.convert_dlib import dlib_reference  # noqa: E402
-from ff_keras.datasets import resolve_data_root  # noqa: E402
+from ff_keras.convert_dlib import dlib_reference
+from ff_keras.datasets import resolve_data_root
 
 # Byte-identical pair in FairFace val (data README): the same image twice.
 SAME_IMAGE_PAIR = ("val/2842.jpg", "val/7881.jpg")

@@ -1,4 +1,3 @@
-import pandas as pd
 import pytest
 
 from ff_keras import datasets, labels

