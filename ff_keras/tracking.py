@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,15 +192,23 @@ def read_wandb_records(path: str | Path) -> list[Any]:
     return records
 
 
-def read_wandb_history(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def read_wandb_history(path: str | Path, wait_s: float = 30.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(run info: config, group, tags; history rows as ``{key: value}``) of an offline run."""
     info: dict[str, Any] = {"config": {}, "group": None, "tags": []}
     rows = []
-    for record in read_wandb_records(path):
+    # wandb-core flushes the offline log asynchronously after run.finish(); the final
+    # record of a complete log is "exit", so wait (bounded) until it is there.
+    deadline = time.monotonic() + wait_s
+    records = read_wandb_records(path)
+    while (not records or records[-1].WhichOneof("record_type") != "exit") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = read_wandb_records(path)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            info["group"] = record.run.run_group or None
-            info["tags"] = list(record.run.tags)
+            # A run may be written more than once (later updates can omit group and tags).
+            info["group"] = record.run.run_group or info["group"]
+            info["tags"] = list(record.run.tags) or info["tags"]
             info["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
         elif kind == "config":
             info["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
