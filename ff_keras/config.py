@@ -31,6 +31,12 @@ class DataConfig:
     # Parallel map may emit elements out of order: faster, but batch order then varies run to run.
     deterministic: bool = True
     jpeg_dct_method: str = ""  # "" (libjpeg default) | "INTEGER_FAST" | "INTEGER_ACCURATE"
+    # Decode threads; 0 = one per host CPU, -1 = tf.data AUTOTUNE.
+    parallel_calls: int = 0
+    # tf.data's autotuner; off by default: on the 2-core dev host it flipped between two
+    # steady states, halving throughput in about half of the passes (reports/benchmarks).
+    autotune: bool = False
+    prefetch_batches: int = 2  # host-side prefetch depth (AUTOTUNE when autotune is on)
     # Stage batches on the GPU (custom loops, one GPU, train.distribute == "none"); off by
     # default: untested here (no GPU) and known to be fragile under Keras/tf.distribute.
     prefetch_to_device: bool = False

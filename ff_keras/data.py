@@ -19,6 +19,7 @@ raises; run ``validate.find_unreadable`` / ``drop_unreadable`` on the table firs
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -143,16 +144,15 @@ class BadFileCounter(keras.callbacks.Callback):
         return int(self.attempted.numpy() - self.decoded.numpy())
 
     def wrap(self, fn):
-        """Wraps ``path -> image`` so every call is counted (used by ``make_dataset``)."""
+        """Wraps a loader (``index -> (index, image)``) so every call is counted."""
 
-        def counted(path, *rest):
+        def counted(*args):
             with tf.control_dependencies([self.attempted.assign_add(1)]):
-                image = fn(path)
-            with tf.control_dependencies([image]):  # count only after a successful decode
+                out = fn(*args)
+            with tf.control_dependencies(tf.nest.flatten(out)):  # count only after a successful decode
                 done = self.decoded.assign_add(1)
             with tf.control_dependencies([done]):
-                image = tf.identity(image)
-            return (image, *rest)
+                return tf.nest.map_structure(tf.identity, out)
 
         return counted
 
@@ -172,6 +172,22 @@ class BadFileCounter(keras.callbacks.Callback):
 
 
 # === Dataset ===
+
+
+def parallel_calls(cfg: Config) -> int:
+    """``data.parallel_calls`` resolved: 0 = host CPUs, -1 = AUTOTUNE."""
+    n = cfg.data.parallel_calls
+    if n < -1:
+        raise ValueError(f"data.parallel_calls must be >= -1, got {n}")
+    return AUTOTUNE if n == -1 else n or os.cpu_count() or 1
+
+
+def pipeline_options(cfg: Config) -> tf.data.Options:
+    """Ordering, autotuning and multi-worker sharding options shared by our datasets."""
+    options = distribute.dataset_options()  # DATA auto-sharding for multi-worker input
+    options.deterministic = cfg.data.deterministic
+    options.autotune.enabled = cfg.data.autotune
+    return options
 
 
 def make_dataset(
@@ -202,33 +218,39 @@ def make_dataset(
     ys, ws = encode_labels(table, heads, encoders)
     paths = [str(Path(data_root) / p) for p in table["rel_path"]]
 
-    ds = tf.data.Dataset.from_tensor_slices((paths, ys, ws))
+    # Elements are row indices: shuffling them is a full-table shuffle for 8 bytes a row, and
+    # labels are gathered once per batch instead of travelling with every image.
+    paths_t = tf.constant(paths)
+    ys_t = {h: tf.constant(v) for h, v in ys.items()}
+    ws_t = {h: tf.constant(v) for h, v in ws.items()}
+    ds = tf.data.Dataset.range(len(paths))
     if training and not d.cache:
-        # Shuffling paths (not pixels) gives a full-table shuffle for a few bytes per row.
         ds = ds.shuffle(len(paths), seed=d.seed, reshuffle_each_iteration=True)
 
-    def load(path):
-        return load_image(path, d.image_size, d.jpeg_dct_method)
+    def load(index):
+        return index, load_image(tf.gather(paths_t, index), d.image_size, d.jpeg_dct_method)
 
+    workers = parallel_calls(cfg)
     if training:
         counter = counter if counter is not None else BadFileCounter()
-        ds = ds.map(counter.wrap(load), num_parallel_calls=AUTOTUNE, deterministic=d.deterministic)
+        ds = ds.map(counter.wrap(load), num_parallel_calls=workers, deterministic=d.deterministic)
         ds = ds.ignore_errors(log_warning=True)
     else:
-        ds = ds.map(
-            lambda p, y, w: (load(p), y, w), num_parallel_calls=AUTOTUNE, deterministic=d.deterministic
-        )
+        ds = ds.map(load, num_parallel_calls=workers, deterministic=d.deterministic)
     if d.cache:
         ds = ds.cache()  # decoded uint8 pixels; later epochs skip read+decode
         if training:
             ds = ds.shuffle(d.shuffle_buffer, seed=d.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(
-        d.batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=d.deterministic
-    )
+    # A plain (serial) batch: its copy is cheap next to decoding, and parallel batching
+    # only adds threads competing with the decoders for the host's cores.
+    ds = ds.batch(d.batch_size, drop_remainder=training)
 
-    options = distribute.dataset_options()  # DATA auto-sharding for multi-worker input
-    options.deterministic = d.deterministic
-    ds = ds.with_options(options).prefetch(AUTOTUNE)
+    def attach_labels(index, images):
+        labels = {h: tf.gather(v, index) for h, v in ys_t.items()}
+        return images, labels, {h: tf.gather(v, index) for h, v in ws_t.items()}
+
+    ds = ds.map(attach_labels)
+    ds = ds.with_options(pipeline_options(cfg)).prefetch(AUTOTUNE if d.autotune else d.prefetch_batches)
     gpus = tf.config.list_logical_devices("GPU")
     if d.prefetch_to_device and gpus and cfg.train.distribute == "none":
         # Overlaps the (uint8) host->device copy with the previous step; must be last.

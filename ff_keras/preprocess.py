@@ -85,7 +85,9 @@ def square_resize_tf(image: tf.Tensor, size: int) -> tf.Tensor:
 
     def _resize() -> tf.Tensor:
         out = tf.image.resize(image, (size, size), method="bilinear", antialias=False)
-        return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+        # Bilinear weights are convex, so out stays in [0, 255]: rounding half up is one add
+        # and a truncating cast (round + clip + cast took ~40 % of a 200 -> 224 px load).
+        return tf.cast(out + 0.5, tf.uint8)
 
     # Skipping the resize when the crop already fits keeps FairFace-at-224 decode-bound.
     out = tf.cond(tf.equal(side, size), lambda: image, _resize)
@@ -107,7 +109,7 @@ def _bilinear_np(image: np.ndarray, size: int) -> np.ndarray:
     top = img[y0][:, x0] + (img[y0][:, x1] - img[y0][:, x0]) * fx
     bottom = img[y1][:, x0] + (img[y1][:, x1] - img[y1][:, x0]) * fx
     out = top + (bottom - top) * fy[:, None, None]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)  # round half up, as square_resize_tf
 
 
 def square_resize_np(image: np.ndarray | Image.Image, size: int) -> np.ndarray:

@@ -3,13 +3,14 @@
 Per dataset (FairFace 224 px crops, UTKFace 200 px crops), all at --image-size:
   (a) pipeline_img_s       ff_keras.data.make_dataset(training=True): read + decode + square
                            crop/resize + batch + prefetch, uint8 out
-  (b) decode_limit_img_s   read_file + tf.io.decode_jpeg alone, same AUTOTUNE parallelism
+  (b) decode_limit_img_s   read_file + tf.io.decode_jpeg alone, same parallelism and options
   (c) pil_img_s            single-process PIL loop doing (a)'s work (decode, crop/resize,
                            stack uint8 batches)
   (d) augment_ms_per_batch augment_batch + normalisation, compiled, per batch of --batch
   end_to_end_img_s         (a) feeding (d)
-Files are read once before timing (warm page cache) and each tf.data figure is the second
-pass, so autotuning has settled. Targets on a 2-core host: (a) >= 0.8 x (b), (a) >= 4 x (c).
+Files are read once before timing (warm page cache); each tf.data figure is the best of
+--passes timed passes after an untimed one (all passes are kept in the JSON): on a shared
+2-core VM single passes scatter by up to 2x. Targets on a 2-core host: (a) >= 0.8 x (b), (a) >= 4 x (c).
 
     python scripts/benchmark_pipeline.py --json runs/benchmark_pipeline.json
     python scripts/benchmark_pipeline.py --max-images 512 --pil-images 128 --json /tmp/b.json
@@ -34,39 +35,38 @@ from PIL import Image
 from ff_keras import datasets, preprocess
 from ff_keras.augment import augment_batch
 from ff_keras.config import load_config
-from ff_keras.data import make_dataset
+from ff_keras.data import make_dataset, parallel_calls, pipeline_options
 
 
 def _rate(n: int, seconds: float) -> float:
     return n / max(seconds, 1e-9)
 
 
-def time_dataset(ds: tf.data.Dataset, step=None) -> tuple[int, float]:
-    """Images and seconds for one pass (after one untimed warm-up pass)."""
-    for _ in ds:  # warm-up: autotune settles, functions trace
+def time_dataset(ds: tf.data.Dataset, passes: int, step=None) -> list[float]:
+    """img/s of each of ``passes`` timed passes (after one untimed warm-up pass)."""
+    for _ in ds:  # warm-up: functions trace, page cache and allocator settle
         pass
-    n, t0 = 0, time.perf_counter()
-    for i, batch in enumerate(ds):
-        images = batch[0] if isinstance(batch, tuple) else batch
-        if step is not None:
-            step(images, tf.constant([i, 0], tf.int64)).numpy()
-        n += int(images.shape[0])
-    return n, time.perf_counter() - t0
+    rates = []
+    for _ in range(passes):
+        n, t0 = 0, time.perf_counter()
+        for i, batch in enumerate(ds):
+            images = batch[0] if isinstance(batch, tuple) else batch
+            if step is not None:
+                step(images, tf.constant([i, 0], tf.int64)).numpy()
+            n += int(images.shape[0])
+        rates.append(_rate(n, time.perf_counter() - t0))
+    return rates
 
 
-def decode_limit(paths: list[str], batch: int) -> float:
+def decode_limit(paths: list[str], cfg, passes: int) -> list[float]:
     """(b): read_file + decode_jpeg only; each element shrinks to its height so batching is free."""
 
     def decode(path):
         return tf.shape(tf.io.decode_jpeg(tf.io.read_file(path), channels=3))[0]
 
     ds = tf.data.Dataset.from_tensor_slices(paths)
-    ds = (
-        ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        .batch(batch)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    return _rate(*time_dataset(ds))
+    ds = ds.map(decode, num_parallel_calls=parallel_calls(cfg), deterministic=False).batch(cfg.data.batch_size)
+    return time_dataset(ds.with_options(pipeline_options(cfg)).prefetch(cfg.data.prefetch_batches), passes)
 
 
 def pil_square_resize(img: Image.Image, size: int) -> np.ndarray:
@@ -130,17 +130,20 @@ def bench_source(root: Path, source: str, args, cfg) -> dict:
     for p in paths:  # warm the page cache so every method reads from memory
         Path(p).read_bytes()
     print(f"== {source}: {len(paths)} images at {args.image_size}px, batch {args.batch}")
-    pipeline = _rate(*time_dataset(make_dataset(table, root, cfg, training=True)))
-    print(f"✅ (a) pipeline        {pipeline:9.0f} img/s  ({1000 * args.batch / pipeline:6.1f} ms/batch)")
-    limit = decode_limit(paths, args.batch)
-    print(f"✅ (b) decode limit    {limit:9.0f} img/s")
+    pipeline_passes = time_dataset(make_dataset(table, root, cfg, training=True), args.passes)
+    pipeline = max(pipeline_passes)
+    print(f"✅ (a) pipeline        {pipeline:9.0f} img/s  ({1000 * args.batch / pipeline:6.1f} ms/batch)  "
+          f"passes {[round(r) for r in pipeline_passes]}")
+    limit_passes = decode_limit(paths, cfg, args.passes)
+    limit = max(limit_passes)
+    print(f"✅ (b) decode limit    {limit:9.0f} img/s  passes {[round(r) for r in limit_passes]}")
     pil = pil_loop(paths[: args.pil_images or None], args.image_size, args.batch)
     print(f"✅ (c) PIL loop        {pil:9.0f} img/s  ({1000 * args.batch / pil:6.1f} ms/batch)")
     step = make_step(cfg)
     first = next(iter(make_dataset(table, root, cfg, training=False)))[0]
     aug = augment_ms(step, first, args.aug_iters)
     print(f"✅ (d) augment+norm    {aug:9.1f} ms/batch of {int(first.shape[0])}")
-    e2e = _rate(*time_dataset(make_dataset(table, root, cfg, training=True), step))
+    e2e = max(time_dataset(make_dataset(table, root, cfg, training=True), 1, step))
     print(f"✅ end to end          {e2e:9.0f} img/s  ({1000 * args.batch / e2e:6.1f} ms/batch)")
     result = {
         "n_images": len(paths),
@@ -151,6 +154,8 @@ def bench_source(root: Path, source: str, args, cfg) -> dict:
         "end_to_end_img_s": e2e,
         "pipeline_over_decode_limit": pipeline / limit,
         "pipeline_over_pil": pipeline / pil,
+        "pipeline_passes_img_s": pipeline_passes,
+        "decode_limit_passes_img_s": limit_passes,
     }
     print(
         f"   ratios: pipeline/decode-limit {result['pipeline_over_decode_limit']:.2f} (target >= 0.8), "
@@ -169,9 +174,11 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=0, help="images per dataset (0 = all)")
     ap.add_argument("--pil-images", type=int, default=2048, help="images for the slow PIL loop (0 = all)")
     ap.add_argument("--aug-iters", type=int, default=10)
+    ap.add_argument("--passes", type=int, default=3, help="timed passes per tf.data figure (best is reported)")
     args = ap.parse_args()
 
-    # Throughput settings: out-of-order parallel map, no device prefetch (timing the host).
+    # Throughput settings: out-of-order parallel map, no device prefetch (timing the host);
+    # parallelism, autotuning and prefetch depth come from the config as in training.
     cfg = load_config(
         args.config,
         [

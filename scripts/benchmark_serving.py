@@ -1,7 +1,8 @@
 """Serving benchmarks, loopback only, bounded request counts (issue 9, item 7).
 
 1. img/s of ONNX Runtime vs Keras (``model.predict`` and a direct call) vs the reloaded
-   SavedModel, at batch 1 and 32, on real face crops.
+   SavedModel, at batch 1 and 32, on real face crops; ORT img/s at batch 1..32 (the most
+   that micro-batching can gain from the model alone on this host).
 2. HTTP load: ``--clients`` concurrent clients x ``--requests`` requests EACH against /predict,
    for micro-batching on (1 worker), off (1 worker) and on with 2 workers: req/s, p50/p99, errors.
 
@@ -12,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import uvloop
 
 from ff_keras.datasets import resolve_data_root
 from ff_keras.export import parity_image_paths
@@ -56,6 +57,10 @@ def inference_speed(model_dir: Path, images: np.ndarray, threads: int | None, re
         row["ort_vs_keras_predict"] = row["onnxruntime"] / row["keras_predict"]
         row["ort_vs_keras_call"] = row["onnxruntime"] / row["keras_call"]
         out[f"batch{batch}_img_s"] = row
+    # What micro-batching can buy at most on this host: ORT throughput by batch size.
+    curve = {b: images_per_second(onnx, images, b, repeats) for b in (1, 2, 4, 8, 16, 32)}
+    out["onnxruntime_img_s_by_batch"] = {str(b): v for b, v in curve.items()}
+    out["onnxruntime_best_over_batch1"] = max(curve.values()) / curve[1]
     return out
 
 
@@ -63,7 +68,7 @@ def http_benchmarks(model: Path, payload: bytes, clients: int, requests: int, ex
     out = {}
     for name, args in HTTP_SETUPS.items():
         with running_server(model, [*args, *extra], log_path=log_dir / f"serve_{name}.log") as url:
-            out[name] = asyncio.run(load_test(url, payload, clients, requests))
+            out[name] = uvloop.run(load_test(url, payload, clients, requests))
         print(f"{name}: {out[name]['req_per_s']:.1f} req/s, p50 {out[name]['p50_ms']:.1f} ms, "
               f"p99 {out[name]['p99_ms']:.1f} ms, errors {out[name]['errors']}", flush=True)
     on, off = out["batching_on_1_worker"]["req_per_s"], out["batching_off_1_worker"]["req_per_s"]
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads for all runtimes (0 = default)")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--ort-spinning", action="store_true", help="servers keep idle ORT threads spinning")
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-http", action="store_true")
     args = ap.parse_args(argv)
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["inference"], indent=2), flush=True)
     if not args.skip_http:
         extra = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads)]
+        extra += ["--ort-spinning"] if args.ort_spinning else []
         log_dir = Path(args.json).resolve().parent
         log_dir.mkdir(parents=True, exist_ok=True)
         result["http"] = http_benchmarks(

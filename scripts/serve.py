@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
     ap.add_argument("--no-batching", action="store_true", help="one model call per request")
     ap.add_argument("--threads", type=int, default=d.threads, help="ORT intra-op threads per worker (0 = default)")
+    ap.add_argument("--ort-spinning", action="store_true",
+                    help="let idle ORT threads busy-wait (lower latency on dedicated cores; off by default)")
     ap.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
     ap.add_argument("--max-pixels", type=int, default=d.max_pixels)
     ap.add_argument("--detector", default=d.detector, help='face detector for ?detect=true ("none", "dlib_hog", "mtcnn", ...)')
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = ServeSettings(
         model_path=str(model), max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
         batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        threads=args.threads, detector=args.detector,
+        threads=args.threads, ort_spinning=args.ort_spinning, detector=args.detector,
     )
     os.environ.update(settings.to_env())
     # Fail here, in the parent, with a clear message rather than in every worker.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import keras
@@ -49,6 +50,18 @@ def tfrun(fn, *args):
 
 
 # === Shapes, dtypes, labels and weights ===
+
+
+def test_parallelism_and_autotune_come_from_the_config(data_root):
+    assert data.parallel_calls(_cfg(**{"data.parallel_calls": 0})) == os.cpu_count()
+    assert data.parallel_calls(_cfg(**{"data.parallel_calls": 3})) == 3
+    assert data.parallel_calls(_cfg(**{"data.parallel_calls": -1})) == tf.data.AUTOTUNE
+    with pytest.raises(ValueError, match="parallel_calls"):
+        data.parallel_calls(_cfg(**{"data.parallel_calls": -2}))
+    table = _fairface_table(data_root, 8)
+    for autotune in (False, True):
+        ds = data.make_dataset(table, data_root, _cfg(**{"data.autotune": autotune}), training=True)
+        assert ds.options().autotune.enabled is autotune
 
 
 def test_batches_have_shapes_dtypes_and_source_weights(data_root):

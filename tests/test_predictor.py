@@ -64,6 +64,18 @@ def test_chunked_inference_and_uint8_input(export_dir, faces):
         np.testing.assert_allclose(chunked[h], whole[h], atol=1e-5)
 
 
+def test_onnx_spinning_switch_reaches_the_session_and_keeps_outputs(export_dir, faces):
+    spin = load_predictor(export_dir / "model.onnx", threads=2)
+    calm = load_predictor(export_dir / "model.onnx", threads=2, spinning=False)
+    entry = "session.intra_op.allow_spinning"
+    assert calm.session.get_session_options().get_session_config_entry(entry) == "0"
+    with pytest.raises(Exception, match="does not have configuration"):  # ORT's default (spin) applies
+        spin.session.get_session_options().get_session_config_entry(entry)
+    a, b = spin.predict(faces), calm.predict(faces)
+    for h in HEADS:
+        np.testing.assert_array_equal(a[h], b[h])
+
+
 def test_backends_agree_and_checkpoint_logits_get_temperature(export_dir, faces):
     onnx = load_predictor(export_dir / "model.onnx").predict(faces)
     exported_keras = load_predictor(export_dir / "model.keras").predict(faces)

@@ -12,7 +12,7 @@ from export_helpers import tiny_export
 from PIL import Image
 
 from ff_keras import labels
-from ff_keras.serve.loadtest import running_server
+from ff_keras.serve.loadtest import load_test, running_server
 
 HEADS = list(labels.CONTRACT_HEADS)
 SERVER_ARGS = ["--max-upload-mb", "0.5", "--max-pixels", "4000000", "--max-batch", "8", "--max-wait-ms", "50"]
@@ -131,6 +131,15 @@ def test_concurrent_burst_is_micro_batched(server, face):
     assert sum(k * v for k, v in new.items()) == 24
     assert any(k > 1 and v > 0 for k, v in new.items()), new
     assert max(after) <= 8  # --max-batch
+
+
+def test_load_generator_counts_successes_and_errors(server, face):
+    good = asyncio.run(load_test(server, face, clients=3, requests_per_client=4))
+    assert (good["ok"], good["errors"], good["requests"]) == (12, 0, 12)
+    assert good["req_per_s"] > 0 and good["p99_ms"] >= good["p50_ms"] > 0
+    assert good["batching_one_worker"]["enabled"]
+    bad = asyncio.run(load_test(server, b"not an image", clients=2, requests_per_client=3))
+    assert bad["ok"] == 0 and bad["errors"] == 6 and "HTTP 422" in bad["error_examples"][0]
 
 
 def test_health_metadata_and_docs(server):

@@ -51,6 +51,7 @@ class ServeSettings:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     threads: int = 0  # ORT intra-op threads; 0 = ORT's default
+    ort_spinning: bool = False  # busy-waiting ORT threads would starve the event loop of CPU
     detector: str = "none"  # a ff_keras.faces detector name, or "none"
 
     def to_env(self) -> dict[str, str]:
@@ -103,8 +104,8 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     return rgb
 
 
-async def read_upload(upload: UploadFile, settings: ServeSettings) -> np.ndarray:
-    """Checks type, size and emptiness of one upload, then decodes it off the event loop."""
+async def read_upload(upload: UploadFile, settings: ServeSettings) -> bytes:
+    """Checks type, size and emptiness of one upload; returns its bytes."""
     name = upload.filename or "upload"
     ctype = (upload.content_type or "").split(";")[0].strip().lower()
     if ctype not in CONTENT_TYPES:
@@ -114,7 +115,7 @@ async def read_upload(upload: UploadFile, settings: ServeSettings) -> np.ndarray
         raise HTTPException(413, f"{name}: file is larger than the {settings.max_upload_bytes}-byte upload limit")
     if not data:
         raise HTTPException(400, f"{name}: empty file")
-    return await run_in_threadpool(decode_upload, data, name, settings.max_pixels)
+    return data
 
 
 def create_app(
@@ -130,7 +131,9 @@ def create_app(
         face_pipeline = detector_pipeline(settings.detector)
     elif settings.detector == "none":
         settings.detector = getattr(face_pipeline, "__name__", "custom")
-    predictor = predictor or load_predictor(model_path, threads=settings.threads or None, batch_size=settings.max_batch)
+    predictor = predictor or load_predictor(
+        model_path, threads=settings.threads or None, batch_size=settings.max_batch, spinning=settings.ort_spinning
+    )
     size = predictor.info.image_size
     batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)
 
@@ -167,9 +170,19 @@ def create_app(
         chips = np.stack([prepare_face(c, size) for c in chips]) if len(chips) else np.zeros((0, size, size, 3), np.float32)
         return boxes, chips
 
+    def decode_and_find_faces(data: bytes, name: str, detect: bool) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        rgb = decode_upload(data, name, settings.max_pixels)
+        return (rgb, *faces_of(rgb, detect))
+
     async def predict_images(uploads: list[UploadFile], detect: bool) -> list[schemas.PredictResponse]:
-        decoded = [await read_upload(u, settings) for u in uploads]
-        per_image = [await run_in_threadpool(faces_of, rgb, detect) for rgb in decoded]
+        blobs = [await read_upload(u, settings) for u in uploads]
+        # One thread hop per image (decode, detect, crop): hops cost CPU the event loop needs.
+        done = [
+            await run_in_threadpool(decode_and_find_faces, data, u.filename or "upload", detect)
+            for u, data in zip(uploads, blobs)
+        ]
+        decoded = [rgb for rgb, _, _ in done]
+        per_image = [(boxes, chips) for _, boxes, chips in done]
         batch = np.concatenate([chips for _, chips in per_image])
         labels = predictor.labels_from_probs(await batcher.predict(batch)) if len(batch) else []
         detector = settings.detector if detect and face_pipeline is not None else "none"
