@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-BASELINES_PATH = Path(__file__).resolve().parents[1] / "docs" / "baselines.json"
+from ff_keras.paths import REPO
+
+BASELINES_PATH = REPO / "docs" / "baselines.json"
 
 
 def load(path: str | Path = BASELINES_PATH) -> list[dict]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ff_keras import labels
+from ff_keras.paths import repo_path
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,7 @@ def resolve_data_root(configured: str | os.PathLike | None = None) -> Path:
     from any working directory.
     """
     env = os.environ.get(DATA_ROOT_ENV)
-    root = Path(env or configured or "../shared/data")
-    if not root.is_absolute():
-        root = Path(__file__).resolve().parents[1] / root
-    return root.resolve()
+    return repo_path(env or configured or "../shared/data").resolve()
 
 
 @dataclass

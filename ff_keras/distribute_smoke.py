@@ -28,8 +28,8 @@ import pandas as pd
 
 from ff_keras.config import load_config
 from ff_keras.distribute import launch_local_workers
+from ff_keras.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
 SMOKE = REPO / "configs" / "smoke.yaml"
 COMPARE = [

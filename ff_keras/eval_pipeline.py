@@ -19,6 +19,7 @@ import pandas as pd
 from ff_keras import calibration, evaluate, labels, splits
 from ff_keras.config import Config
 from ff_keras.datasets import resolve_data_root
+from ff_keras.paths import repo_path
 
 log = logging.getLogger(__name__)
 TTA_MODES = ("none", "flip")
@@ -142,10 +143,6 @@ def tta_effect(
     return rows
 
 
-def _repo_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else Path(__file__).resolve().parents[1] / p
-
 
 def leakage_check(cfg: Config, split: str) -> dict:
     """Re-checks the split manifests for ``split`` against the other splits.
@@ -164,8 +161,8 @@ def leakage_check(cfg: Config, split: str) -> dict:
         "groups_spanning_splits": int((spans > 1).sum()),
         "paths_in_two_splits": int((paths > 1).sum()),
     }
-    cache = _repo_path(cfg.evaluation.identity_cache) if cfg.evaluation.identity_cache else None
-    report = _repo_path(cfg.evaluation.leakage_report)
+    cache = repo_path(cfg.evaluation.identity_cache) if cfg.evaluation.identity_cache else None
+    report = repo_path(cfg.evaluation.leakage_report)
     # The identity threshold the splits were made with is recorded in the split-time report.
     if cache is not None and cache.exists() and report.exists():
         from ff_keras import identity, leakage
@@ -270,7 +267,11 @@ def run_evaluation(
 
 
 def log_to_wandb(run_id: str, metrics: dict, out_dir: Path, cfg: Config) -> str:
-    """Logs the tables and plots to an existing (or new) W&B run; offline unless configured."""
+    """Logs the tables and plots to an existing (or new) W&B run; offline unless configured.
+
+    The local run files go to ``wandb.dir`` if set, else beside the report in ``out_dir``
+    (W&B's own fallback for an empty dir is a temp folder, where offline logs get lost).
+    """
     import wandb  # lazy: only when a run id is given
 
     mode = cfg.wandb.mode if cfg.wandb.mode in ("online", "offline") else "offline"
@@ -279,7 +280,7 @@ def log_to_wandb(run_id: str, metrics: dict, out_dir: Path, cfg: Config) -> str:
         resume="allow",
         mode=mode,
         project=cfg.wandb.project,
-        dir=cfg.wandb.dir,
+        dir=str(cfg.wandb.dir or out_dir),
         job_type="evaluate",
     )
     prefix = f"eval_{metrics['split']}"

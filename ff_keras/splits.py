@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ff_keras.paths import repo_path
+
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = (
     "rel_path", "source", "age_years", "age_bin", "gender", "race", "service_test", "group_id", "split",
@@ -33,10 +35,7 @@ DROP_COPY = "exact copy of a kept image"
 
 
 def manifest_path(manifests_dir: str | Path, source: str) -> Path:
-    d = Path(manifests_dir)
-    if not d.is_absolute():
-        d = Path(__file__).resolve().parents[1] / d
-    return d / f"{source}.csv"
+    return repo_path(manifests_dir) / f"{source}.csv"
 
 
 def load_split(manifests_dir: str | Path, sources: list[str] | tuple[str, ...], split: str) -> pd.DataFrame:

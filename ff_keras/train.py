@@ -37,6 +37,7 @@ from ff_keras.config import Config, StageConfig, save_config, to_dict
 from ff_keras.datasets import resolve_data_root
 from ff_keras.losses import build_losses, head_losses
 from ff_keras.model_info import ModelInfo
+from ff_keras.paths import repo_path
 from ff_keras.tracking import Tracker, TrackingCallback
 from ff_keras.trainer import (
     BestModelSaver,
@@ -50,7 +51,6 @@ from ff_keras.trainer import (
 from ff_keras.weighting import LossWeighting, LossWeightingCallback
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -77,8 +77,7 @@ def prepare_run(cfg: Config, argv: Sequence[str]) -> tuple[Config, Path, bool]:
 
 def run_folder(cfg: Config) -> Path:
     """``<output_dir>/<name>-<run_id>`` (a relative output_dir is relative to the repo)."""
-    out = Path(cfg.output_dir)
-    return (out if out.is_absolute() else REPO / out) / f"{cfg.name}-{cfg.train.run_id}"
+    return repo_path(cfg.output_dir) / f"{cfg.name}-{cfg.train.run_id}"
 
 
 def subsample(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -113,8 +112,7 @@ def resolve_weights(cfg: Config) -> None:
     ``weights/dlib_resnet_*.npz`` picks the newest match, so configs need not know the hash."""
     if not cfg.model.weights:
         return
-    pattern = Path(cfg.model.weights)
-    pattern = pattern if pattern.is_absolute() else REPO / pattern
+    pattern = repo_path(cfg.model.weights)
     found = sorted(pattern.parent.glob(pattern.name), key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(

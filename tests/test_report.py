@@ -108,7 +108,6 @@ def evaluated(tmp_path_factory, data_root):
         f"data.manifests_dir={tmp / 'splits'}",
         "evaluation.n_boot=200",
         "evaluation.min_group_n=2",
-        f"wandb.dir={tmp / 'wandb'}",
         f"evaluation.leakage_report={tmp / 'none.json'}",
         "evaluation.identity_cache=null",
     ]
@@ -211,7 +210,7 @@ def test_tta_leakage_comparison_and_wandb(evaluated):
         r["kind"] == "quoted" and r["source"] and r["ours_kind"] == "measured" for r in m["comparison"]
     )
     assert any(r["ours"] is not None for r in m["comparison"])
-    runs = list((tmp / "wandb").rglob("run-evaltest1.wandb"))
+    runs = list((tmp / "report").rglob("run-evaltest1.wandb"))  # no wandb.dir: beside the report
     assert runs, "no offline W&B run file"
     from ff_keras.tracking import read_wandb_history
 

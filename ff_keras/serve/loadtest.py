@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from ff_keras.paths import REPO
 
 
 def free_port() -> int:
