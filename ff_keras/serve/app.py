@@ -177,17 +177,15 @@ def create_app(
     async def predict_images(uploads: list[UploadFile], detect: bool) -> list[schemas.PredictResponse]:
         blobs = [await read_upload(u, settings) for u in uploads]
         # One thread hop per image (decode, detect, crop): hops cost CPU the event loop needs.
-        done = [
+        per_image = [
             await run_in_threadpool(decode_and_find_faces, data, u.filename or "upload", detect)
             for u, data in zip(uploads, blobs)
         ]
-        decoded = [rgb for rgb, _, _ in done]
-        per_image = [(boxes, chips) for _, boxes, chips in done]
-        batch = np.concatenate([chips for _, chips in per_image])
+        batch = np.concatenate([chips for _, _, chips in per_image])
         labels = predictor.labels_from_probs(await batcher.predict(batch)) if len(batch) else []
         detector = settings.detector if detect and face_pipeline is not None else "none"
         results, start = [], 0
-        for upload, rgb, (boxes, chips) in zip(uploads, decoded, per_image):
+        for upload, (rgb, boxes, chips) in zip(uploads, per_image):
             faces = [
                 schemas.FacePrediction(heads=labels[start + i], **box) for i, box in enumerate(boxes)
             ]
