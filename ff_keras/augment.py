@@ -47,15 +47,28 @@ def _per_image(v: tf.Tensor) -> tf.Tensor:
 def draw_params(n: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> dict[str, tf.Tensor]:
     """Per-image random parameters ([n] each; ``crop`` is [n, 4] = top, left, h, w)."""
     seeds = tf.unstack(tf.random.split(seed, 6, alg="philox"))
+    # Later additions fold their own seeds in, so the draws above stay as they were.
+    extra = [tf.random.experimental.stateless_fold_in(seed, k, alg="philox") for k in (6, 7)]
     p = {}
     if cfg.random_resized_crop:
-        area = _uniform([n], seeds[0], cfg.crop_scale_min, 1.0)
+        area = _uniform([n], seeds[0], cfg.crop_scale_min, cfg.crop_scale_max)
         s1, s2 = tf.unstack(tf.random.split(seeds[0], 2, alg="philox"))
         ratio = tf.exp(_uniform([n], s1, math.log(cfg.crop_ratio_min), math.log(cfg.crop_ratio_max)))
-        w = tf.minimum(tf.sqrt(area * ratio), 1.0)  # fractions of the (square) input's side
-        h = tf.minimum(tf.sqrt(area / ratio), 1.0)
+        # Fractions of the (square) input's side; above 1 (zoom-out) the box extends past the image
+        # on that side and the image sits anywhere inside it.
+        side_max = max(1.0, math.sqrt(cfg.crop_scale_max))
+        w = tf.minimum(tf.sqrt(area * ratio), side_max)
+        h = tf.minimum(tf.sqrt(area / ratio), side_max)
         top, left = tf.unstack(_uniform([2, n], s2) * tf.stack([1.0 - h, 1.0 - w]))
         p["crop"] = tf.stack([top, left, h, w], axis=1)
+    if cfg.lowres_prob > 0:
+        s1, s2 = tf.unstack(tf.random.split(extra[0], 2, alg="philox"))
+        p["lowres"] = _uniform([n], s1) < cfg.lowres_prob
+        p["lowres_size"] = _uniform([], s2, 0.0, 1.0)  # one size per batch: resize needs a static-rank shape
+    if cfg.jpeg_prob > 0:
+        s1, s2 = tf.unstack(tf.random.split(extra[1], 2, alg="philox"))
+        p["jpeg"] = _uniform([n], s1) < cfg.jpeg_prob
+        p["jpeg_quality"] = tf.cast(_uniform([n], s2, cfg.jpeg_quality_min, 95.999), tf.int32)
     if cfg.flip:
         p["flip"] = _uniform([n], seeds[1]) < 0.5
     for i, name in enumerate(("brightness", "contrast", "saturation"), start=2):
@@ -77,6 +90,30 @@ def resized_crop(x: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     corners = tf.stack([top, left, top + h, left + w], axis=1)
     out = tf.image.crop_and_resize(x, corners, tf.range(tf.shape(x)[0]), tf.shape(x)[1:3])
     return tf.clip_by_value(out, 0.0, 255.0)
+
+
+def low_resolution(x: tf.Tensor, mask: tf.Tensor, size_fraction: tf.Tensor, min_size: int) -> tf.Tensor:
+    """Shrinks the masked images to one drawn size (``min_size`` .. input side) and enlarges them back.
+
+    Models what a small face in a photo looks like once upsampled to the model's input.
+    """
+    side = tf.shape(x)[1]
+    lo = tf.cast(tf.minimum(min_size, side), tf.float32)
+    s = tf.cast(tf.round(lo + size_fraction * (tf.cast(side, tf.float32) - lo)), tf.int32)
+    small = tf.image.resize(x, tf.stack([s, s]), method="bilinear", antialias=True)
+    back = tf.clip_by_value(tf.image.resize(small, tf.shape(x)[1:3], method="bilinear"), 0.0, 255.0)
+    return tf.where(_per_image(mask), back, x)
+
+
+def jpeg_recompress(x: tf.Tensor, mask: tf.Tensor, quality: tf.Tensor) -> tf.Tensor:
+    """Re-encodes the masked images as JPEG at their drawn quality (a host op, per image)."""
+
+    def one(args):
+        img, q, on = args
+        u8 = tf.cast(tf.round(img), tf.uint8)
+        return tf.cond(on, lambda: tf.cast(tf.image.adjust_jpeg_quality(u8, q), tf.float32), lambda: img)
+
+    return tf.map_fn(one, (x, quality, mask), fn_output_signature=tf.float32)
 
 
 def apply_params(x: tf.Tensor, p: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -113,7 +150,8 @@ def augment_batch(
         images: raw RGB batch, as yielded by ``data.make_dataset``.
         cfg: which augmentations run and how strong; ``cfg.jit_compile`` runs the pixel
             work as one XLA-compiled function. With ``random_resized_crop`` on, the crop
-            is not XLA-compilable: do not wrap this in an outer ``jit_compile`` function.
+            is not XLA-compilable (nor are the low-resolution and JPEG steps): do not wrap
+            this in an outer ``jit_compile`` function.
         seed: int ``[2]`` stateless seed (same seed -> same output), or a
             ``tf.random.Generator`` that supplies a fresh seed per call.
         training: False returns the images unchanged (as float32).
@@ -126,6 +164,10 @@ def augment_batch(
     params = draw_params(tf.shape(x)[0], cfg, tf.cast(seed, tf.int64))
     if "crop" in params:
         x = resized_crop(x, params.pop("crop"))
+    if "lowres" in params:
+        x = low_resolution(x, params.pop("lowres"), params.pop("lowres_size"), cfg.lowres_min_size)
+    if "jpeg" in params:
+        x = jpeg_recompress(x, params.pop("jpeg"), params.pop("jpeg_quality"))
     if not params:
         return x
     return (_apply_xla if cfg.jit_compile else apply_params)(x, params)

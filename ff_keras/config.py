@@ -51,9 +51,14 @@ class AugmentConfig:
     saturation: float = 0.15
     hue: float = 0.05
     random_resized_crop: bool = False
-    crop_scale_min: float = 0.8  # crop area fraction in [crop_scale_min, 1]
+    crop_scale_min: float = 0.8  # crop area fraction in [crop_scale_min, crop_scale_max]
+    crop_scale_max: float = 1.0  # > 1 zooms out: the crop box extends past the image (black border)
     crop_ratio_min: float = 0.75  # aspect-ratio range of the crop (torchvision's 3/4 .. 4/3)
     crop_ratio_max: float = 1.3333333
+    lowres_prob: float = 0.0  # share of images shrunk and re-enlarged (one size per batch)
+    lowres_min_size: int = 40  # smallest side they shrink to, in pixels (drawn up to the input size)
+    jpeg_prob: float = 0.0  # share of images re-encoded as JPEG
+    jpeg_quality_min: int = 25  # quality drawn uniformly in [jpeg_quality_min, 95]
     jit_compile: bool = True  # run augmentation as one XLA-compiled function
 
 

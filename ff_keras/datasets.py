@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 DATA_ROOT_ENV = "FF_DATA_ROOT"
 CANONICAL_COLUMNS = ("rel_path", "source", "age_years", "age_bin", "gender", "race", "service_test")
-FAIRFACE_CSVS = ("fairface_label_train_subset.csv", "fairface_label_val.csv")
+# Training labels: FairFace's full official CSV when the root has it, else the shared subset's.
+FAIRFACE_TRAIN_CSVS = ("fairface_label_train.csv", "fairface_label_train_subset.csv")
+FAIRFACE_VAL_CSV = "fairface_label_val.csv"
 FAIRFACE_REQUIRED = ("file", "age", "gender", "race")
 # age_gender_race_datetime.jpg.chip.jpg; anything else is reported and skipped.
 UTK_NAME = re.compile(r"^(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_(?P<stamp>\d+)\.jpg\.chip\.jpg$")
@@ -40,7 +42,7 @@ def resolve_data_root(configured: str | os.PathLike | None = None) -> Path:
     from any working directory.
     """
     env = os.environ.get(DATA_ROOT_ENV)
-    return repo_path(env or configured or "../shared/data").resolve()
+    return repo_path(Path(env or configured or "../shared/data").expanduser()).resolve()
 
 
 @dataclass
@@ -66,13 +68,20 @@ class ReadReport:
         return "; ".join(parts)
 
 
-def read_fairface(root: Path, csv_names: tuple[str, ...] = FAIRFACE_CSVS) -> tuple[pd.DataFrame, ReadReport]:
+def fairface_csvs(folder: Path) -> tuple[str, str]:
+    """The (training, validation) label CSV names present in a ``fairface`` folder."""
+    train = next((n for n in FAIRFACE_TRAIN_CSVS if (folder / n).exists()), FAIRFACE_TRAIN_CSVS[-1])
+    return train, FAIRFACE_VAL_CSV
+
+
+def read_fairface(root: Path, csv_names: tuple[str, ...] | None = None) -> tuple[pd.DataFrame, ReadReport]:
     """Reads FairFace's label CSVs (official layout) and merges their pools.
 
     ``file`` is relative to the ``fairface`` folder. Missing columns, unknown labels or a
     missing CSV raise; rows whose image file is absent are reported and skipped.
     """
     folder = Path(root) / "fairface"
+    csv_names = csv_names or fairface_csvs(folder)
     report = ReadReport("fairface")
     frames = []
     for name in csv_names:

@@ -164,6 +164,12 @@ def render_markdown(result: dict) -> str:
           (f"- Cross-split identity pairs < t: {cross['identity_pairs']}; dHash near-duplicates: "
           f"{cross['dhash_near_duplicates']}; exact duplicates: {cross['exact_duplicates']}; groups spanning "
           f"splits: {cross['groups_spanning_splits']} → **{'PASS' if leak['ok'] else 'FAIL'}**.")]
+    if "extension" in result:
+        ext = result["extension"]
+        L += [(f"- Extension of the manifests in `{ext['base']}`: every base row keeps its split; of "
+               f"{ext['new_rows']} new images {ext['new_rows_added']} joined train, excluded: "
+               + (", ".join(f"{n} {r}" for r, n in ext["excluded"].items()) or "none")
+               + f" ({ext['grouping_rounds']} grouping rounds).")]
     sizes = leak["split_sizes"]
     L += [""] + _table(["source", *sizes], [[s, *(sizes[k].get(s, 0) for k in sizes)]
                                            for s in sorted({s for v in sizes.values() for s in v})])

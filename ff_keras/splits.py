@@ -190,3 +190,120 @@ def build_manifest(
     )
     manifest = kept.assign(group_id=groups, split=assign_splits(strata(kept), groups, fractions, seed))
     return manifest[list(MANIFEST_COLUMNS)], dropped, info
+
+
+DROP_LINKED = "shares a group with a val/test image"
+
+
+def extend_manifest(
+    base: pd.DataFrame,
+    table: pd.DataFrame,
+    embeddings: dict[str, np.ndarray],
+    params,
+    max_rounds: int = 10,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Adds new images to the training split of ``base`` without moving any base row.
+
+    Every base row keeps its split; the exact-copy policy applies to the new images (a
+    byte-identical copy of a kept image is dropped, conflicting copies among new images are
+    all dropped); the rest join train unless they fall into a group (exact copy, dHash
+    near-copy, identity pair: ``grouping.group_images`` with the base's fixed ``params``)
+    with a val/test image. Removing images can create new mutual-nearest-neighbour pairs,
+    so grouping repeats on what is left until no new image is linked to val/test.
+
+    Args:
+        base: committed manifest rows (all sources).
+        table: canonical table of the extended pool, sorted by ``rel_path``; must contain
+            every base row with the same labels.
+        embeddings: identity cache aligned with ``table``.
+        params: ``GroupingParams`` with the base's ``identity_threshold``.
+
+    Returns:
+        (extended manifest, dropped new rows with rel_path/reason/duplicate_of, info)
+    """
+    from ff_keras.grouping import group_images
+
+    if params.identity_threshold is None:
+        raise ValueError("extending a manifest needs the base's fixed identity_threshold")
+    if list(embeddings["key"]) != list(table["rel_path"]):
+        raise ValueError("embeddings are not aligned with the table's rel_path order")
+    _check_base_rows(base, table)
+    in_base = table["rel_path"].isin(set(base["rel_path"])).to_numpy()
+    keep_copy, dropped = resolve_exact_duplicates(table, embeddings["sha256"])
+    # Only new rows are dropped here: a base row is never removed by the extension.
+    new_copy_drop = ~in_base & ~keep_copy
+    dropped = dropped.loc[dropped["rel_path"].isin(set(table.loc[new_copy_drop, "rel_path"]))]
+    base_split = base.set_index("rel_path")["split"]
+    # Rows that take part: base rows (as committed) and the new rows that survive the copy policy.
+    pool = np.flatnonzero(in_base | (~in_base & keep_copy))
+    sha_base = set(np.asarray(embeddings["sha256"])[in_base].tolist())
+    copies_of_base = [i for i in pool if not in_base[i] and embeddings["sha256"][i] in sha_base]
+    dropped = pd.concat([dropped, pd.DataFrame(
+        {"rel_path": table["rel_path"].to_numpy()[copies_of_base], "reason": DROP_COPY, "duplicate_of": ""})])
+    pool = np.setdiff1d(pool, copies_of_base)
+    linked, rounds = [], 0
+    while True:
+        rounds += 1
+        sub = table.iloc[pool]
+        groups, info = group_images(embeddings["descriptor"][pool], embeddings["dhash"][pool],
+                                    embeddings["sha256"][pool], params)
+        split = sub["rel_path"].map(base_split).fillna("train").to_numpy()
+        held_out_groups = set(groups[split != "train"].tolist())
+        bad = ~in_base[pool] & np.isin(groups, list(held_out_groups))
+        if not bad.any():
+            break
+        if rounds >= max_rounds:
+            raise RuntimeError(f"new images still linked to val/test after {rounds} grouping rounds")
+        linked += pool[bad].tolist()
+        pool = pool[~bad]
+    dropped = pd.concat([dropped, pd.DataFrame(
+        {"rel_path": table["rel_path"].to_numpy()[linked], "reason": DROP_LINKED, "duplicate_of": ""})])
+    manifest = table.iloc[pool].assign(group_id=groups, split=split).reset_index(drop=True)
+    missing = set(base["rel_path"]) - set(manifest["rel_path"])
+    if missing:
+        raise AssertionError(f"{len(missing)} base rows lost, e.g. {sorted(missing)[0]}")
+    info = {**info, "grouping_rounds": rounds, "new_rows": int((~in_base).sum()),
+            "new_rows_added": int((~in_base[pool]).sum()), "dropped": dropped["reason"].value_counts().to_dict()}
+    return manifest[list(MANIFEST_COLUMNS)], dropped.sort_values("rel_path", ignore_index=True), info
+
+
+def _check_base_rows(base: pd.DataFrame, table: pd.DataFrame) -> None:
+    """Every base row must be in the extended table with the same labels."""
+    t = table.set_index("rel_path")
+    absent = base.loc[~base["rel_path"].isin(t.index), "rel_path"]
+    if len(absent):
+        raise ValueError(f"{len(absent)} base manifest rows are missing from the extended pool, e.g. {absent.iloc[0]}")
+    b = base.set_index("rel_path")
+    for col in ("source", "age_bin", "gender", "race"):
+        diff = b[col].astype(str) != t.loc[b.index, col].astype(str)
+        if diff.any():
+            f = diff[diff].index[0]
+            raise ValueError(f"{f}: {col} is {t.at[f, col]!r} in the extended pool but {b.at[f, col]!r} in the base manifest")
+
+
+def check_extension(base: pd.DataFrame, extended: pd.DataFrame) -> list[str]:
+    """Problems with an extended manifest relative to its base (empty list: consistent).
+
+    Base rows keep split and labels, new rows are training rows, no file appears twice, and
+    no group of the extended manifest mixes splits.
+    """
+    problems = []
+    ext = extended.set_index("rel_path")
+    if extended["rel_path"].duplicated().any():
+        problems.append(f"duplicate rows, e.g. {extended.loc[extended['rel_path'].duplicated(), 'rel_path'].iloc[0]}")
+        return problems
+    missing = base.loc[~base["rel_path"].isin(ext.index), "rel_path"]
+    if len(missing):
+        problems.append(f"{len(missing)} base rows missing, e.g. {missing.iloc[0]}")
+    b = base.loc[base["rel_path"].isin(ext.index)].set_index("rel_path")
+    for col in ("split", "source", "age_bin", "gender", "race"):
+        diff = b[col].astype(str) != ext.loc[b.index, col].astype(str)
+        if diff.any():
+            problems.append(f"{int(diff.sum())} base rows changed {col}, e.g. {diff[diff].index[0]}")
+    new = extended.loc[~extended["rel_path"].isin(set(base["rel_path"]))]
+    if (new["split"] != "train").any():
+        problems.append(f"new rows outside train, e.g. {new.loc[new['split'] != 'train', 'rel_path'].iloc[0]}")
+    spans = extended.groupby("group_id")["split"].nunique()
+    if (spans > 1).any():
+        problems.append(f"{int((spans > 1).sum())} groups span splits, e.g. group {spans[spans > 1].index[0]}")
+    return problems

@@ -1,6 +1,12 @@
 """Identity-disjoint, stratified train/val/test manifests + the leakage report.
 
     python scripts/make_splits.py            # regenerates splits/*.csv and reports/leakage.*
+    FF_DATA_ROOT=~/ff_data/root python scripts/make_splits.py --extend splits --out splits/extended \
+        --cache ~/ff_data/cache/identity_v1.npz --report-name leakage_extended --keras-descriptors
+
+``--extend BASE`` keeps every row of the manifests in BASE where it is and adds the extra
+images of a bigger data root (e.g. FairFace's full training set) to train, except images
+grouped with a val/test image, which are excluded and counted.
 
 Identity descriptors come from the cache (``.cache/identity_v1.npz``); missing ones are
 computed (~0.1 s per image). Seeded, so a re-run reproduces the manifests byte for byte.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -41,6 +48,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--mutual-threshold", type=float, default=d.mutual_threshold)
     ap.add_argument("--mutual-k", type=int, default=d.mutual_k)
     ap.add_argument("--dhash-bits", type=int, default=d.dhash_bits)
+    ap.add_argument("--extend", default=None, metavar="BASE",
+                    help="manifest folder to extend: its rows keep their splits, new images join train")
+    ap.add_argument("--report-name", default="leakage", help="stem of the report files in --reports")
+    ap.add_argument("--keras-descriptors", default=None, nargs="?", const="weights/dlib_resnet_55d57cb3.npz",
+                    metavar="NPZ", help="compute missing descriptors with the Keras dlib network (converted weights)")
     ap.add_argument("--partial", action="store_true",
                     help="interim run: leave out images not yet in the cache (listed as dropped; tests fail)")
     return ap.parse_args()
@@ -70,10 +82,23 @@ def main() -> int:
         not_cached = [{"rel_path": p, "reason": PARTIAL, "duplicate_of": ""} for p in table.loc[~cached, "rel_path"]]
         table = table.loc[cached].reset_index(drop=True)
         step(f"⚠️ --partial: {len(not_cached)} images not yet in the identity cache are left out", t0)
-    emb = identity.compute_embeddings(root, table["rel_path"].tolist(), Path(args.cache))
+    keras_weights = REPO / args.keras_descriptors if args.keras_descriptors else None
+    emb = identity.compute_embeddings(root, table["rel_path"].tolist(), Path(args.cache).expanduser(),
+                                      keras_weights=keras_weights)
     step(f"identity cache: {len(table)} images ({emb['detected'].mean():.1%} with a HOG detection)", t0)
 
-    manifest, dropped, info = splits.build_manifest(table, emb, params, args.fractions, args.seed)
+    if args.extend:
+        base = pd.concat([pd.read_csv(p, keep_default_na=True, dtype={"rel_path": str, "race": str})
+                          for p in sorted((REPO / args.extend).glob("*.csv"))], ignore_index=True)
+        base_params = json.loads((Path(args.reports) / "leakage.json").read_text())["params"]
+        params = GroupingParams(**base_params)
+        manifest, dropped, info = splits.extend_manifest(base, table, emb, params)
+        problems = splits.check_extension(base, manifest)
+        if problems:
+            raise SystemExit("extended manifest inconsistent with its base: " + "; ".join(problems))
+        info["largest_by_threshold"] = {f"{params.identity_threshold:.2f}": info["largest"]}
+    else:
+        manifest, dropped, info = splits.build_manifest(table, emb, params, args.fractions, args.seed)
     params = dataclasses.replace(params, identity_threshold=info["identity_threshold"])
     step(f"grouped at t = {params.identity_threshold}: {info}; dropped {dropped['reason'].value_counts().to_dict()}", t0)
     for path in splits.write_manifests(manifest, args.out):
@@ -99,11 +124,14 @@ def main() -> int:
         "dropped": reader_dropped + dropped.to_dict(orient="records") + not_cached,
         "study": study, "leakage": leak,
     }
+    if args.extend:
+        result["extension"] = {"base": args.extend, **{k: info[k] for k in ("new_rows", "new_rows_added", "grouping_rounds")},
+                               "excluded": info["dropped"]}
     result["rationale"] = split_report.rationale(study, params, info["largest_by_threshold"])
     out = Path(args.reports)
-    split_report.plot_study(study, params, out / "leakage_distances.png")
-    split_report.write_json(result, out / "leakage.json")
-    (out / "leakage.md").write_text(split_report.render_markdown(result))
+    split_report.plot_study(study, params, out / f"{args.report_name}_distances.png")
+    split_report.write_json(result, out / f"{args.report_name}.json")
+    (out / f"{args.report_name}.md").write_text(split_report.render_markdown(result))
     g = leak["groups"]
     step(f"✅ reports in {out}: threshold {params.identity_threshold}, largest group {g['largest']}, "
          f"{g['groups_size_gt1']} groups >1, cross-split {leak['cross_split']}", t0)

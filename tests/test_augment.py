@@ -90,3 +90,30 @@ def test_brightness_matches_colorjitter_range(faces):
     mask = (x > 20) & (out < 254)  # pixels not clipped
     ratios = out[mask] / x[mask]
     assert ratios.min() >= 0.85 - 1e-4 and ratios.max() <= 1.15 + 1e-4
+
+
+STILL = {**NO_JITTER, "flip": False}
+
+
+def test_zoom_out_crop_adds_a_black_border(faces):
+    cfg = AugmentConfig(**STILL, random_resized_crop=True, crop_scale_min=2.0, crop_scale_max=2.0,
+                        crop_ratio_min=1.0, crop_ratio_max=1.0)
+    out = augment_batch(faces, cfg, SEED, training=True).numpy()
+    # The box is sqrt(2) x the image side, so at least one full border row or column is black.
+    for img in out:
+        rows, cols = np.all(img < 1.0, axis=(1, 2)), np.all(img < 1.0, axis=(0, 2))
+        assert rows.any() or cols.any()
+    shrink = augment_batch(faces, dataclasses.replace(cfg, crop_scale_min=1.0, crop_scale_max=1.0), SEED, True)
+    assert not np.all(shrink.numpy() < 1.0, axis=(2, 3)).any()
+
+
+def test_low_resolution_and_jpeg_only_touch_drawn_images(faces):
+    x = faces.numpy().astype(np.float32)
+    lowres = augment_batch(faces, AugmentConfig(**STILL, lowres_prob=1.0, lowres_min_size=12), SEED, True).numpy()
+    assert 1.0 < np.abs(lowres - x).mean() and np.abs(lowres.mean() - x.mean()) < 3.0  # blurred, same content
+    none = augment_batch(faces, AugmentConfig(**STILL, lowres_prob=1e-9, jpeg_prob=1e-9), SEED, True).numpy()
+    np.testing.assert_array_equal(none, x)
+    jpeg = augment_batch(faces, AugmentConfig(**STILL, jpeg_prob=1.0, jpeg_quality_min=10), SEED, True).numpy()
+    assert 0.5 < np.abs(jpeg - x).mean() < 20.0
+    again = augment_batch(faces, AugmentConfig(**STILL, jpeg_prob=1.0, jpeg_quality_min=10), SEED, True).numpy()
+    np.testing.assert_array_equal(jpeg, again)
