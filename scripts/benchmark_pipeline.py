@@ -1,4 +1,4 @@
-"""Input-pipeline benchmark: tf.data vs the JPEG decode limit vs a PIL loop (issue 4, item 5).
+"""Input-pipeline benchmark: tf.data vs the JPEG decode limit vs a PIL loop.
 
 Per dataset (FairFace 224 px crops, UTKFace 200 px crops), all at --image-size:
   (a) pipeline_img_s       ff_keras.data.make_dataset(training=True): read + decode + square

@@ -1,4 +1,4 @@
-"""Serving benchmarks, loopback only, bounded request counts (issue 9, item 7).
+"""Serving benchmarks, loopback only, bounded request counts.
 
 1. img/s of ONNX Runtime vs Keras (``model.predict`` and a direct call) vs the reloaded
    SavedModel, at batch 1 and 32, on real face crops; ORT img/s at batch 1..32 (the most
