@@ -75,7 +75,7 @@ def inline_commands(text: str) -> list[str]:
     """Inline code spans that run a script (they may wrap across lines in the prose)."""
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
     spans = re.findall(r"`([^`]+)`", prose)
-    cmds = [" ".join(s.split()) for s in spans]
+    cmds = [part.strip() for s in spans for part in " ".join(s.split()).split("&&")]
     # A bare `scripts/x.py` in prose names the script; with "python"/"bash" or arguments it is a command.
     return [c for c in cmds if re.match(r"^(python3?|bash) scripts/\S+|^scripts/\S+\.(py|sh) \S", c)]
 
