@@ -266,7 +266,8 @@ def export_model(
 ) -> ExportReport:
     """Writes the chosen formats plus ``model_info.json`` into ``out_dir``; raises ParityError."""
     if len(images) < N_PARITY:
-        log.warning("parity checked on only %d images (issue asks >= %d)", len(images), N_PARITY)
+        log.warning("parity checked on only %d images (fewer than the %d that make a 1e-4 bound meaningful "
+                    "over real faces)", len(images), N_PARITY)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = replace(info, heads=[h for h in info.heads if h in labels.CONTRACT_HEADS] or list(labels.CONTRACT_HEADS))

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ff_keras.datasets import resolve_data_root
 from ff_keras.faces.detect import DETECTORS, MIN_FACE
 from ff_keras.faces.study import benchmark, make_photos, sample_crops
+from ff_keras.machine import describe, machine_facts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{det:9s} {r['photos_per_s']:6.2f} photos/s {r['faces_per_s']:7.2f} faces/s  recall {r['recall']:.3f} "
               f"fp {r['false_positives']}  time: detect {s['detection']:.0%} align {s['alignment']:.0%} "
               f"classify {s['classification']:.0%}")
+    doc["machine"] = machine_facts()
+    print(f"machine: {describe(doc['machine'])}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=2))

@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.modules.setdefault("triton", None)  # triton segfaults when loaded after TensorFlow
 
+from ff_keras.machine import describe, machine_facts  # noqa: E402
+
 
 def timed(fn: Callable[[], object], steps: int, warmup: int) -> float:
     """Seconds per call, median of ``steps`` timed calls after ``warmup`` untimed ones."""
@@ -152,6 +154,8 @@ def main() -> None:
             key = f"keras_train_{backbone}_{size}_img_s"
             result[key] = keras_train_step(backbone, args.batch, size, args.steps, args.warmup)
             print(f"✅ Keras train step {backbone} @ {size}px: {result[key]:.1f} img/s")
+    result["machine"] = machine_facts()
+    print(f"machine: {describe(result['machine'])}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"✅ wrote {args.json}")

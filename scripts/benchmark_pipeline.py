@@ -1,4 +1,4 @@
-"""Input-pipeline benchmark: tf.data vs the JPEG decode limit vs a PIL loop (issue 4, item 5).
+"""Input-pipeline benchmark: tf.data vs the JPEG decode limit vs a PIL loop.
 
 Per dataset (FairFace 224 px crops, UTKFace 200 px crops), all at --image-size:
   (a) pipeline_img_s       ff_keras.data.make_dataset(training=True): read + decode + square
@@ -37,6 +37,7 @@ from ff_keras import datasets, preprocess
 from ff_keras.augment import augment_batch
 from ff_keras.config import load_config
 from ff_keras.data import make_dataset, parallel_calls, pipeline_options
+from ff_keras.machine import describe, machine_facts
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -197,6 +198,8 @@ def main() -> None:
     print(f"data root {root}; TF {tf.__version__}; host CPUs {os.cpu_count()}")
     results = {s: bench_source(root, s, args, cfg) for s in args.sources}
     results["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
+    results["machine"] = machine_facts()
+    print(f"machine: {describe(results['machine'])}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"✅ wrote {args.json}")

@@ -1,4 +1,4 @@
-"""Serving benchmarks, loopback only, bounded request counts (issue 9, item 7).
+"""Serving benchmarks, loopback only, bounded request counts.
 
 1. img/s of ONNX Runtime vs Keras (``model.predict`` and a direct call) vs the reloaded
    SavedModel, at batch 1 and 32, on real face crops; ORT img/s at batch 1..32 (the most
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import uvloop
 
 from ff_keras.datasets import resolve_data_root
 from ff_keras.export import parity_image_paths
+from ff_keras.machine import describe, machine_facts
 from ff_keras.predictor import images_per_second, load_images, load_predictor
 from ff_keras.serve.loadtest import load_test, running_server
 
@@ -98,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     paths = parity_image_paths(resolve_data_root(), args.images)
     result: dict = {
         "model_dir": str(model_dir), "image_size": info["image_size"], "backbone": info["backbone"],
-        "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "settings": vars(args),
     }
     if not args.skip_inference:
@@ -113,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         result["http"] = http_benchmarks(
             model_dir / "model.onnx", paths[0].read_bytes(), args.clients, args.requests, extra, log_dir
         )
+    result["machine"] = machine_facts()
+    print(f"machine: {describe(result['machine'])}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"✅ wrote {args.json}")

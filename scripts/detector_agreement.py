@@ -1,4 +1,4 @@
-"""How often MTCNN's and dlib's crops of the same face give the same top label (issue 10, item 6).
+"""How often MTCNN's and dlib's crops of the same face give the same top label.
 
     python scripts/detector_agreement.py --model runs/x/model.onnx --faces 300 --json agreement.json
 

@@ -2,8 +2,9 @@
 
     python scripts/linear_probe.py [--n 0] [--weights weights/dlib_resnet_*.npz] [--json OUT]
 
-Protocol (issue 6): crops resized to 150 px, frozen Keras dlib_resnet features (pooled 256-d and
-the 128-d descriptor), StandardScaler + logistic regression per head, 70/15/15 seeded split of
+Measures how much of each attribute the frozen identity features already encode. Protocol:
+crops resized to 150 px, frozen Keras dlib_resnet features (pooled 256-d and the 128-d
+descriptor), StandardScaler + logistic regression per head, 70/15/15 seeded split of
 FairFace val, accuracy on the 15 % test part.
 """
 

@@ -1,6 +1,6 @@
 """Train the age/gender/race model: ``python scripts/train.py [--config FILE] [key.sub=value ...]``.
 
-With no arguments it runs ``configs/default.yaml`` (finishes on a 2-core CPU in ~15 min).
+With no arguments it runs ``configs/default.yaml`` (its measured times are in the README, Set-up).
 Resume a killed run by repeating the command with ``train.run_id=<id>`` (or pass the run's
 saved ``--config runs/<name>-<id>/config.yaml``).
 """

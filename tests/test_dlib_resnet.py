@@ -2,7 +2,7 @@
 
 Tolerances: the Keras port matches dlib's descriptors to ~5e-7 max abs on this CPU (both
 are float32 with different summation orders; affines are folded into the convs), so
-``ATOL = 1e-4`` leaves two orders of margin and is still ten times the issue's 1e-3.
+``ATOL = 1e-4`` leaves two orders of margin over that summation-order noise.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ff_keras.backbones import dlib_resnet
 
 ATOL = 1e-4
 FIXTURE = Path(__file__).parent / "fixtures" / "dlib_parity.npz"
-N_LIVE = 52  # >= 50 real faces, issue 6 item 3
+N_LIVE = 52  # >= 50 real faces, not synthetic inputs: parity where the model is used
 SAME_IMAGE_PAIR = ("val/2842.jpg", "val/7881.jpg")  # byte-identical files in FairFace val
 DLIB_THRESHOLD = 0.6  # dlib's same-person distance
 

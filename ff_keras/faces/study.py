@@ -1,5 +1,5 @@
 """Measurements over composite photos: end-to-end speed per detector, and whether two
-detectors' crops of the same face lead to the same predicted labels (issue 10 items 5-6)."""
+detectors' crops of the same face lead to the same predicted labels."""
 
 from __future__ import annotations
 

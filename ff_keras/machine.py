@@ -1,0 +1,71 @@
+"""Facts about the machine a measurement ran on, recorded beside every benchmark figure.
+
+CPU throughput of the same code differs 2-3x between hosts that all report "2 cores"
+(vector extensions such as AVX-512 vs AVX2 only, clock, contention), so a figure is only
+comparable together with the CPU model, its vector extensions and the load at the time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+# Flags that decide how fast TF / ONNX Runtime kernels run (x86 and ARM names, as in /proc/cpuinfo).
+VECTOR_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+    "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm",
+)
+LIBRARIES = ("tensorflow", "keras", "onnxruntime", "torch")
+
+
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
+    """(model name, flag set) of the first CPU listed in ``/proc/cpuinfo`` (Linux)."""
+    model, flags = "", set()
+    try:
+        text = path.read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def machine_facts() -> dict:
+    """CPU model, its vector extensions, usable cores, load average and library versions."""
+    model, flags = _cpuinfo()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "vector_extensions": [f for f in VECTOR_FLAGS if f in flags],
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+def describe(facts: dict) -> str:
+    """One line for logs: ``AMD EPYC (avx, avx2, fma), 2 CPUs, load 1.2``."""
+    ext = ", ".join(facts["vector_extensions"]) or "no vector extensions listed"
+    load = facts.get("load_average_1_5_15")
+    return (f"{facts['cpu_model']} ({ext}), {facts['usable_cpus']} CPUs"
+            + (f", load {load[0]}" if load else ""))
