@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ff_keras import robustness, splits
 from ff_keras.datasets import resolve_data_root
+from ff_keras.machine import describe, machine_facts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = {v: robustness.CROP_VARIANTS[v] for v in dict.fromkeys(["standard", *args.variants])}
     t0 = time.time()
     result = robustness.evaluate_variants(predictor, table, resolve_data_root(args.data_root), variants)
+    result["machine"] = machine_facts()
     result.update({"model": args.model, "split": args.split, "limit": args.limit, "variants": variants,
                    "seconds": round(time.time() - t0, 1)})
-    print(f"{args.model} on {result['n']} FairFace {args.split} rows ({result['seconds']} s):")
+    print(f"{args.model} on {result['n']} FairFace {args.split} rows ({result['seconds']} s, "
+          f"{describe(result['machine'])}):")
     print(robustness.markdown_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
