@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import uvloop
 
-from ff_keras.datasets import resolve_data_root
-from ff_keras.export import parity_image_paths
-from ff_keras.predictor import images_per_second, load_images, load_predictor
-from ff_keras.serve.loadtest import load_test, running_server
+from ff_keras.data.readers import resolve_data_root
+from ff_keras.inference.export import parity_image_paths
+from ff_keras.inference.predictor import images_per_second, load_images, load_predictor
+from studies.loadtest import load_test, running_server
 
 HTTP_SETUPS = {
     "batching_on_1_worker": ["--workers", "1"],

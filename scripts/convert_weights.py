@@ -7,7 +7,7 @@ torchvision layout (``.pth`` state dict, or the FairFace authors' ResNet-34 chec
     python scripts/convert_weights.py torchvision --backbone resnet34 --fc-heads \\
         --input res34_fair_align_multi_7_20190809.pt
 
-Each conversion is strict (``ff_keras.convert``), is read back from the written file, and
+Each conversion is strict (``ff_keras.convert.torchvision``), is read back from the written file, and
 with ``--verify`` (default on) is checked against torchvision itself on real face crops
 (max abs difference <= ``PARITY_ATOL``). torch is needed here only, never for training.
 To add a converter, write ``add_<name>_args(parser)`` + ``run_<name>(args) -> Path`` and add
@@ -30,8 +30,13 @@ import numpy as np
 
 from ff_keras import labels
 from ff_keras.config import load_config
-from ff_keras.convert import convert_state_dict, load_backbone_weights, load_converted, save_converted
-from ff_keras.model import build_backbone, build_model
+from ff_keras.convert.torchvision import (
+    convert_state_dict,
+    load_backbone_weights,
+    load_converted,
+    save_converted,
+)
+from ff_keras.models.multihead import build_backbone, build_model
 
 PARITY_ATOL = 1e-4  # float32 round-off of a 34-layer net; a wrong transpose is off by O(1)
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # torchvision's ImageNet heads, dropped for backbones
@@ -98,7 +103,7 @@ def add_torchvision_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_torchvision(args: argparse.Namespace) -> Path:
-    from ff_keras.model import normalization_layer
+    from ff_keras.models.multihead import normalization_layer
 
     state = load_torch_state(args.input)
     stem = f"{args.backbone}_{args.input.stem}"
@@ -136,8 +141,12 @@ def add_dlib_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_dlib(args: argparse.Namespace) -> Path:
-    """dlib's face-recognition ResNet (pure-numpy reader, ff_keras.convert_dlib); verified against dlib."""
-    from ff_keras.convert_dlib import convert_dlib_model, default_dat_path, verify_against_dlib
+    """dlib's face-recognition ResNet (pure-numpy reader, ff_keras.convert.dlib_weights); verified against dlib."""
+    from ff_keras.convert.dlib_weights import (
+        convert_dlib_model,
+        default_dat_path,
+        verify_against_dlib,
+    )
 
     path = convert_dlib_model(args.input or default_dat_path(), args.out_dir)
     print(f"✅ wrote {path} (5,607,488 parameters, affines folded into the convs)")

@@ -23,10 +23,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ff_keras.backbones import dlib_resnet
-from ff_keras.convert_dlib import load_dlib_weights, normalise
-from ff_keras.datasets import read_fairface, resolve_data_root
-from ff_keras.predictor import load_images
+from ff_keras.models.backbones import dlib_resnet
+from ff_keras.convert.dlib_weights import load_dlib_weights, normalise
+from ff_keras.data.readers import read_fairface, resolve_data_root
+from ff_keras.inference.predictor import load_images
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from PIL import Image
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from ff_keras import labels
-from ff_keras.backbones import IMAGENET
-from ff_keras.datasets import resolve_data_root
+from ff_keras.models.backbones import IMAGENET
+from ff_keras.data.readers import resolve_data_root
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 BLOCKS, SIZE = (2, 2, 2, 2), 64

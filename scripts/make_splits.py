@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
 
-from ff_keras import datasets, identity, leakage, split_report, splits
-from ff_keras.grouping import GroupingParams
+from ff_keras.data import readers as datasets
+from ff_keras.splits import identity, leakage, report as split_report, build as splits
+from ff_keras.splits.grouping import GroupingParams
 
 REPO = Path(__file__).resolve().parents[1]
 PARTIAL = "INTERIM: not yet in identity cache"

@@ -4,7 +4,7 @@
         [--config configs/smoke.yaml] [--json out.json] [key.sub=value ...]
 
 Every layout runs ``scripts/train.py`` in fresh processes on the same 8 rows with the
-randomness that depends on the layout switched off (``ff_keras.distribute_smoke.COMPARE``;
+randomness that depends on the layout switched off (``studies.multiworker.COMPARE``;
 extra overrides go after it). Multi-worker runs two processes with TF_CONFIG on free
 127.0.0.1 ports (worker 0 = chief). Exit status 1 if a loss differs from the single-device
 run by more than --atol.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.distribute_smoke import COMPARE, LAYOUTS, SMOKE, compare
+from studies.multiworker import COMPARE, LAYOUTS, SMOKE, compare
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    from ff_keras.predictor import load_predictor
+    from ff_keras.inference.predictor import load_predictor
 
     try:
         predictor = load_predictor(args.model, batch_size=args.batch_size)

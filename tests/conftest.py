@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    from ff_keras.datasets import resolve_data_root
+    from ff_keras.data.readers import resolve_data_root
 
     root = resolve_data_root()
     if not (root / "fairface").is_dir():

@@ -19,7 +19,7 @@ sys.modules.setdefault("triton", None)  # triton segfaults when loaded after Ten
 
 from ff_keras import labels
 from ff_keras.config import load_config
-from ff_keras.convert import (
+from ff_keras.convert.torchvision import (
     ConversionError,
     convert_state_dict,
     load_backbone_weights,
@@ -27,7 +27,7 @@ from ff_keras.convert import (
     save_converted,
     weights_digest,
 )
-from ff_keras.model import build_backbone, build_model, get_backbone_model
+from ff_keras.models.multihead import build_backbone, build_model, get_backbone_model
 
 FIXTURES = {arch: REPO / "tests" / "fixtures" / f"parity_{arch}_tiny.npz" for arch in ("resnet18", "mobilenet_v2")}
 GOLDEN_ATOL = 1e-4  # torch vs Keras float32 on a stored tensor (timm's atol)
@@ -182,7 +182,7 @@ def test_mobilenet_v2_imagenet_parity_logits_and_top5(torch_modules, faces):
     from convert_weights import load_torch_state
     from make_parity_fixture import normalize
 
-    from ff_keras.model import normalization_layer
+    from ff_keras.models.multihead import normalization_layer
 
     pth = _mobilenet_weights()
     state = load_torch_state(pth)

@@ -11,7 +11,7 @@ import pytest
 from export_helpers import tiny_export
 
 from ff_keras import labels
-from ff_keras.serve.loadtest import running_server
+from studies.loadtest import running_server
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ff_keras import convert_dlib
-from ff_keras.backbones import dlib_resnet
+from ff_keras.convert import dlib_weights as convert_dlib
+from ff_keras.models.backbones import dlib_resnet
 
 ATOL = 1e-4
 FIXTURE = Path(__file__).parent / "fixtures" / "dlib_parity.npz"
@@ -162,7 +162,7 @@ def test_build_model_path_matches_dlib_from_raw_pixels(weights):
     import keras
 
     from ff_keras.config import load_config
-    from ff_keras.model import NORM_NAME, build_model, get_backbone_model, set_trainable
+    from ff_keras.models.multihead import NORM_NAME, build_model, get_backbone_model, set_trainable
 
     cfg = load_config(None, ["model.backbone=dlib_resnet", "model.embedding=descriptor",
                              f"model.weights={weights}", "data.image_size=150", "model.embed_dim=0"])

@@ -13,7 +13,7 @@ import pytest
 from export_helpers import REPO, TEMPERATURE, tiny_checkpoint
 
 from ff_keras import labels
-from ff_keras.export import (
+from ff_keras.inference.export import (
     EXPORT_ATOL,
     KERAS_ATOL,
     ParityError,
@@ -24,7 +24,7 @@ from ff_keras.export import (
     saved_model_outputs_fresh_process,
     to_float32,
 )
-from ff_keras.predictor import load_images, softmax
+from ff_keras.inference.predictor import load_images, softmax
 
 HEADS = list(labels.CONTRACT_HEADS)
 
@@ -124,7 +124,7 @@ def test_parity_violation_raises():
 
 
 def test_mixed_precision_checkpoint_is_rebuilt_in_float32(tmp_path, data_root):
-    from ff_keras.export import load_checkpoint
+    from ff_keras.inference.export import load_checkpoint
 
     model, info = load_checkpoint(tiny_checkpoint(tmp_path / "mp", policy="mixed_float16"))
     assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
@@ -155,8 +155,8 @@ def test_augmentation_layers_are_refused():
 def test_int8_quantisation_reports_agreement_and_speed(exported, data_root, faces):
     import pandas as pd
 
-    from ff_keras.datasets import read_fairface, read_utkface
-    from ff_keras.quantize import compare_int8, quantize_onnx
+    from ff_keras.data.readers import read_fairface, read_utkface
+    from ff_keras.inference.quantize import compare_int8, quantize_onnx
 
     out = exported[1]
     int8 = quantize_onnx(out / "model.onnx", out / "model.int8.onnx", "static", faces)

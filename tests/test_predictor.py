@@ -11,8 +11,8 @@ import pytest
 from export_helpers import REPO, tiny_export
 
 from ff_keras import labels
-from ff_keras.export import parity_image_paths
-from ff_keras.predictor import load_images, load_predictor
+from ff_keras.inference.export import parity_image_paths
+from ff_keras.inference.predictor import load_images, load_predictor
 
 HEADS = list(labels.CONTRACT_HEADS)
 
@@ -30,7 +30,7 @@ def faces(data_root):
 def test_onnx_predictor_does_not_import_tensorflow(export_dir, data_root):
     code = (
         "import sys, numpy as np\n"
-        "from ff_keras.predictor import load_predictor, load_images\n"
+        "from ff_keras.inference.predictor import load_predictor, load_images\n"
         f"p = load_predictor({str(export_dir / 'model.onnx')!r}, threads=1)\n"
         f"x = load_images([{str(data_root / 'fairface/val/1.jpg')!r}], p.info.image_size)\n"
         "out = p.predict_labels(x)\n"

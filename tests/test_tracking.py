@@ -8,8 +8,8 @@ import pytest
 from train_helpers import tiny_tables
 
 from ff_keras.config import load_config
-from ff_keras.tracking import Tracker, find_wandb_file, read_wandb_history, wandb_key
-from ff_keras.train import train
+from ff_keras.training.tracking import Tracker, find_wandb_file, read_wandb_history, wandb_key
+from ff_keras.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 

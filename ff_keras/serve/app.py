@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from ff_keras.predictor import Predictor, load_predictor, prepare_face
+from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
 from ff_keras.serve.batching import MicroBatcher
 
