@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.modules.setdefault("triton", None)  # triton segfaults when loaded after TensorFlow
 
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ff_keras.evaluation import run as eval_pipeline, report
 from ff_keras.config import load_config

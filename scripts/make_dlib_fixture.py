@@ -10,15 +10,13 @@ port can be checked where dlib itself is not installed; only the pip ``.dat`` is
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from PIL import Image
 
-from ff_keras.convert.dlib_weights import dlib_reference
+from ff_keras.convert.dlib_reference import dlib_reference
 from ff_keras.data.readers import resolve_data_root
 
 # Byte-identical pair in FairFace val (data README): the same image twice.

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
 
@@ -55,7 +54,8 @@ def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.time()
-    params = GroupingParams(args.identity_threshold, args.mutual_threshold, args.mutual_k, args.dhash_bits, args.max_group)
+    params = GroupingParams(args.identity_threshold, args.mutual_threshold, args.mutual_k, args.dhash_bits,
+                            args.max_group)
     root = datasets.resolve_data_root(args.data_root)
     frames, read_reports = [], []
     for reader in datasets.READERS.values():
@@ -76,7 +76,8 @@ def main() -> int:
 
     manifest, dropped, info = splits.build_manifest(table, emb, params, args.fractions, args.seed)
     params = dataclasses.replace(params, identity_threshold=info["identity_threshold"])
-    step(f"grouped at t = {params.identity_threshold}: {info}; dropped {dropped['reason'].value_counts().to_dict()}", t0)
+    dropped_by_reason = dropped["reason"].value_counts().to_dict()
+    step(f"grouped at t = {params.identity_threshold}: {info}; dropped {dropped_by_reason}", t0)
     for path in splits.write_manifests(manifest, args.out):
         step(f"✅ wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}", t0)
 

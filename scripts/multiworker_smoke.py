@@ -18,7 +18,6 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studies.multiworker import COMPARE, LAYOUTS, SMOKE, compare
 
@@ -36,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     layouts = list(dict.fromkeys(["none", *args.layouts]))  # the reference always runs
     results = compare(Path(args.out).resolve(), layouts, [*COMPARE, *args.overrides], args.timeout, Path(args.config))
     ok = True
-    print(f"{'layout':<13} {'replicas':>8} {'per-replica':>11} {'step-1 loss':>12} {'step-2 loss':>12} {'max |diff|':>10}")
+    print(f"{'layout':<13} {'replicas':>8} {'per-replica':>11} {'step-1 loss':>12} {'step-2 loss':>12} "
+          f"{'max |diff|':>10}")
     for name, r in results.items():
         d = r["distribute"]
         diff = max(r["abs_diff_vs_none"])

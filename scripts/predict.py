@@ -17,7 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ff_keras.faces.analyze import DETECTOR_ALIASES, analyze, expand_inputs, format_table, write_annotated
 from ff_keras.faces.detect import DEFAULT_DETECTOR, MIN_FACE

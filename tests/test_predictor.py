@@ -11,7 +11,7 @@ import pytest
 from export_helpers import REPO, tiny_export
 
 from ff_keras import labels
-from ff_keras.inference.export import parity_image_paths
+from ff_keras.data.crops import fairface_val_crops
 from ff_keras.inference.predictor import load_images, load_predictor
 
 HEADS = list(labels.CONTRACT_HEADS)
@@ -24,7 +24,7 @@ def export_dir(tmp_path_factory, data_root):
 
 @pytest.fixture(scope="module")
 def faces(data_root):
-    return load_images(parity_image_paths(data_root, 10), 32)
+    return load_images(fairface_val_crops(data_root, 10), 32)
 
 
 def test_onnx_predictor_does_not_import_tensorflow(export_dir, data_root):

@@ -214,7 +214,7 @@ def test_tta_leakage_comparison_and_wandb(evaluated):
     assert any(r["ours"] is not None for r in m["comparison"])
     runs = list((tmp / "report").rglob("run-evaltest1.wandb"))  # no wandb.dir: beside the report
     assert runs, "no offline W&B run file"
-    from ff_keras.training.tracking import read_wandb_history
+    from wandb_log import read_wandb_history
 
     _, history = read_wandb_history(runs[0])
     logged = {k for row in history for k in row}

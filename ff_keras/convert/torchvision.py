@@ -6,12 +6,11 @@ must be assigned, every torch key used (or dropped on purpose and listed), every
 match; otherwise a ``ConversionError`` lists all offending keys and nothing is assigned.
 
 Saved files (``save_converted``) are ``.npz`` archives keyed ``backbone/<layer>/<attr>`` and
-``head/<head>/<attr>`` with a content SHA256 prefix in the file name (timm ``convert/``).
+``head/<head>/<attr>`` with a content SHA256 prefix in the file name (timm ``convert/``; ``weight_files``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import keras
 import numpy as np
 
 from ff_keras import labels
+from ff_keras.convert.weight_files import read_weights, write_weights
 
 BACKBONE_NAME = "backbone"  # same as ff_keras.models.multihead.BACKBONE_NAME (no import: keep this light)
 
@@ -111,80 +111,79 @@ def convert_state_dict(
         ConversionError: listing every missing, unused or mis-shaped key; nothing is assigned.
     """
     backbone, top = _split(model)
-    plan: list[tuple[keras.Variable, str, np.ndarray]] = []  # (variable, report key, value)
-    problems: list[str] = []
-    used: set[str] = set()
+    planner = _Planner(state)
+    for layer in _weight_layers(backbone):
+        planner.take(layer, torch_prefix(layer.name), BACKBONE_NAME)
+    if fc is not None:
+        top = _plan_fc_heads(planner, model, top, fc, fc_order)
+    for layer in top:  # heads/embedding the state dict cannot fill
+        planner.problems.append(f"Keras layer {layer.name!r} has no source in the state dict")
+    dropped = [k for k in state if k.rsplit(".", 1)[-1] in ALWAYS_DROPPED or k.startswith(tuple(drop))]
+    unused = sorted(set(state) - planner.used - set(dropped))
+    if unused:
+        planner.problems.append(f"{len(unused)} unused torch keys: {_abbrev(unused, 20)}")
+    if planner.problems:
+        raise ConversionError(f"cannot convert into {model.name!r}:\n  " + "\n  ".join(planner.problems))
+    for var, _, value in planner.plan:
+        var.assign(value.astype(var.dtype))
+    return ConversionReport({k: v for _, k, v in planner.plan}, sorted(planner.used), sorted(dropped))
 
-    def take(layer: keras.layers.Layer, prefix: str, scope: str, rows: slice | None = None) -> None:
+
+class _Planner:
+    """Collects (variable, report key, value) assignments and every problem; assigns nothing."""
+
+    def __init__(self, state: Mapping[str, np.ndarray]):
+        self.state = state
+        self.plan: list[tuple[keras.Variable, str, np.ndarray]] = []
+        self.problems: list[str] = []
+        self.used: set[str] = set()
+
+    def take(self, layer: keras.layers.Layer, prefix: str, scope: str, rows: slice | None = None) -> None:
         rules = RULES.get(type(layer).__name__)
         if rules is None:
-            problems.append(f"no conversion rule for layer {layer.name!r} ({type(layer).__name__})")
+            self.problems.append(f"no conversion rule for layer {layer.name!r} ({type(layer).__name__})")
             return
         for attr, suffix, fn in rules:
             var = getattr(layer, attr, None)
             if var is None:
                 continue  # e.g. conv without bias
             key = f"{prefix}.{suffix}"
-            if key not in state:
-                problems.append(f"missing torch key {key!r} for {layer.name}/{attr}")
+            if key not in self.state:
+                self.problems.append(f"missing torch key {key!r} for {layer.name}/{attr}")
                 continue
-            used.add(key)
-            src = np.asarray(state[key])
+            self.used.add(key)
+            src = np.asarray(self.state[key])
             value = fn(src[rows] if rows is not None else src)
             if tuple(value.shape) != tuple(var.shape):
-                problems.append(f"shape mismatch {key!r}: torch {src.shape} -> {value.shape}, "
-                                f"Keras {layer.name}/{attr} {tuple(var.shape)}")
+                self.problems.append(f"shape mismatch {key!r}: torch {src.shape} -> {value.shape}, "
+                                     f"Keras {layer.name}/{attr} {tuple(var.shape)}")
                 continue
-            plan.append((var, f"{scope}/{layer.name}/{attr}", value))
-
-    for layer in _weight_layers(backbone):
-        take(layer, torch_prefix(layer.name), BACKBONE_NAME)
-    if fc is not None:
-        if not top:
-            problems.append(f"fc={fc!r} given but {model.name!r} has no heads (a bare backbone)")
-        slices = labels.head_slices(fc_order)
-        by_name = {la.name: la for la in top}
-        for head, rows in slices.items():
-            layer = by_name.pop(head, None)
-            if layer is None:
-                problems.append(f"model has no head {head!r} for rows {rows.start}:{rows.stop} of {fc!r}")
-                continue
-            take(layer, fc, "head", rows)
-        if f"{fc}.weight" in state and state[f"{fc}.weight"].shape[0] != sum(s.stop - s.start for s in slices.values()):
-            problems.append(f"{fc}.weight has {state[f'{fc}.weight'].shape[0]} rows, "
-                            f"heads {list(fc_order)} need {sum(s.stop - s.start for s in slices.values())}")
-        top = list(by_name.values())
-    for layer in top:  # heads/embedding the state dict cannot fill
-        problems.append(f"Keras layer {layer.name!r} has no source in the state dict")
-
-    dropped = [k for k in state if k.rsplit(".", 1)[-1] in ALWAYS_DROPPED or k.startswith(tuple(drop))]
-    unused = sorted(set(state) - used - set(dropped))
-    if unused:
-        problems.append(f"{len(unused)} unused torch keys: {_abbrev(unused, 20)}")
-    if problems:
-        raise ConversionError(f"cannot convert into {model.name!r}:\n  " + "\n  ".join(problems))
-    for var, _, value in plan:
-        var.assign(value.astype(var.dtype))
-    return ConversionReport({k: v for _, k, v in plan}, sorted(used), sorted(dropped))
+            self.plan.append((var, f"{scope}/{layer.name}/{attr}", value))
 
 
-def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
-    """SHA256 over sorted keys, dtypes, shapes and bytes (deterministic, unlike zip timestamps)."""
-    h = hashlib.sha256()
-    for key in sorted(weights):
-        a = np.ascontiguousarray(weights[key])
-        h.update(f"{key}|{a.dtype.str}|{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+def _plan_fc_heads(planner: _Planner, model: keras.Model, top: list[keras.layers.Layer], fc: str,
+                   fc_order: Sequence[str]) -> list[keras.layers.Layer]:
+    """Plans the rows of one concatenated classifier onto the heads; returns the layers left over."""
+    if not top:
+        planner.problems.append(f"fc={fc!r} given but {model.name!r} has no heads (a bare backbone)")
+    slices = labels.head_slices(fc_order)
+    by_name = {la.name: la for la in top}
+    for head, rows in slices.items():
+        layer = by_name.pop(head, None)
+        if layer is None:
+            planner.problems.append(f"model has no head {head!r} for rows {rows.start}:{rows.stop} of {fc!r}")
+            continue
+        planner.take(layer, fc, "head", rows)
+    n_rows = sum(s.stop - s.start for s in slices.values())
+    if f"{fc}.weight" in planner.state and planner.state[f"{fc}.weight"].shape[0] != n_rows:
+        planner.problems.append(f"{fc}.weight has {planner.state[f'{fc}.weight'].shape[0]} rows, "
+                                f"heads {list(fc_order)} need {n_rows}")
+    return list(by_name.values())
 
 
 def save_converted(report: ConversionReport, out_dir: str | Path, stem: str) -> Path:
     """Writes ``<out_dir>/<stem>-<sha8>.npz`` and returns its path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}-{weights_digest(report.weights)[:8]}.npz"
-    np.savez(path, **report.weights)
-    return path
+    return write_weights(report.weights, out_dir, stem)
 
 
 def _load_scope(layers: Sequence[keras.layers.Layer], arrays: Mapping[str, np.ndarray],
@@ -206,22 +205,14 @@ def _load_scope(layers: Sequence[keras.layers.Layer], arrays: Mapping[str, np.nd
         var.assign(arrays[key].astype(var.dtype))
 
 
-def _read(path: str | Path) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"converted weights file not found: {path}")
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
 def load_backbone_weights(backbone: keras.Model, path: str | Path) -> None:
     """Loads the ``backbone/`` arrays of a ``save_converted`` file into a bare backbone, strictly."""
-    _load_scope(_weight_layers(backbone), _read(path), BACKBONE_NAME, Path(path))
+    _load_scope(_weight_layers(backbone), read_weights(path), BACKBONE_NAME, Path(path))
 
 
 def load_converted(model: keras.Model, path: str | Path) -> None:
     """Loads backbone and heads (e.g. FairFace's released classifier) into a build_model model."""
-    arrays, path = _read(path), Path(path)
+    arrays, path = read_weights(path), Path(path)
     backbone, top = _split(model)
     _load_scope(_weight_layers(backbone), arrays, BACKBONE_NAME, path)
     _load_scope(top, arrays, "head", path)

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from ff_keras.training import distribute
 from ff_keras import labels as L
 from ff_keras.config import Config
 from ff_keras.data.preprocess import square_resize_tf
@@ -36,14 +35,6 @@ from ff_keras.data.preprocess import square_resize_tf
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Table column holding each head's label; sources that do not label a head get weight 0.
-HEAD_COLUMNS: dict[str, str] = {
-    "age": "age_bin",
-    "gender": "gender",
-    "race": "race",
-    "race_utk": "race",
-    "age_years": "age_years",
-}
 
 
 # === Ops (each usable eagerly and inside Dataset.map) ===
@@ -77,9 +68,9 @@ def dataset_heads(cfg: Config) -> list[str]:
     heads = list(cfg.model.heads)
     if cfg.model.age_years_head and "age_years" not in heads:
         heads.append("age_years")
-    unknown = [h for h in heads if h not in HEAD_COLUMNS]
+    unknown = [h for h in heads if h not in L.HEAD_COLUMNS]
     if unknown:
-        raise ValueError(f"unknown heads {unknown}; known: {sorted(HEAD_COLUMNS)}")
+        raise ValueError(f"unknown heads {unknown}; known: {sorted(L.HEAD_COLUMNS)}")
     return heads
 
 
@@ -88,17 +79,9 @@ def fit_encoders(train_table: pd.DataFrame, heads: list[str]) -> dict[str, L.Lab
     encoders = {}
     for head in heads:
         if head in L.HEAD_CLASSES:
-            rows = train_table.loc[_labelled(train_table, head)]
-            encoders[head] = L.LabelEncoder(head).fit(rows[HEAD_COLUMNS[head]], rows["rel_path"].tolist())
+            rows = train_table.loc[L.labelled_mask(train_table, head)]
+            encoders[head] = L.LabelEncoder(head).fit(rows[L.HEAD_COLUMNS[head]], rows["rel_path"].tolist())
     return encoders
-
-
-def _labelled(table: pd.DataFrame, head: str) -> np.ndarray:
-    unknown = sorted(set(table["source"]) - set(L.SOURCE_HEADS))
-    if unknown:
-        raise ValueError(f"unknown source(s) {unknown} in table; known: {sorted(L.SOURCE_HEADS)}")
-    mask = table["source"].map(lambda s: head in L.SOURCE_HEADS[s]).to_numpy(bool)
-    return mask & table[HEAD_COLUMNS[head]].notna().to_numpy(bool)
 
 
 def encode_labels(
@@ -107,8 +90,8 @@ def encode_labels(
     """Per-head label arrays and 0/1 sample weights; an unseen label raises naming its file."""
     ys, ws = {}, {}
     for head in heads:
-        mask = _labelled(table, head)
-        values = table.loc[mask, HEAD_COLUMNS[head]]
+        mask = L.labelled_mask(table, head)
+        values = table.loc[mask, L.HEAD_COLUMNS[head]]
         if head in L.HEAD_CLASSES:
             y = np.zeros(len(table), np.int32)
             y[mask] = encoders[head].transform(values, table.loc[mask, "rel_path"].tolist())
@@ -182,12 +165,63 @@ def parallel_calls(cfg: Config) -> int:
     return AUTOTUNE if n == -1 else n or os.cpu_count() or 1
 
 
+def sharding_options() -> tf.data.Options:
+    """Sharding for multi-worker input: DATA (each worker keeps every n-th batch).
+
+    Our pipelines start from ``from_tensor_slices`` over a table of paths (or cached
+    embeddings), not from a list of files read by a file reader dataset, so FILE sharding
+    has nothing to split (AUTO would try FILE, fail and fall back to DATA with a warning).
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
+
+
 def pipeline_options(cfg: Config) -> tf.data.Options:
     """Ordering, autotuning and multi-worker sharding options shared by our datasets."""
-    options = distribute.dataset_options()  # DATA auto-sharding for multi-worker input
+    options = sharding_options()  # DATA auto-sharding for multi-worker input
     options.deterministic = cfg.data.deterministic
     options.autotune.enabled = cfg.data.autotune
     return options
+
+
+def _indexed_images(paths: list[str], cfg: Config, training: bool, counter: BadFileCounter | None) -> tf.data.Dataset:
+    """``(row index, uint8 image)`` elements: seeded reshuffle, parallel decode, skip-and-count
+    of bad files and the optional cache, for training; table order and strict decoding otherwise."""
+    d = cfg.data
+    # Elements are row indices: shuffling them is a full-table shuffle for 8 bytes a row, and
+    # labels are gathered once per batch instead of travelling with every image.
+    paths_t = tf.constant(paths)
+    ds = tf.data.Dataset.range(len(paths))
+    if training and not d.cache:
+        ds = ds.shuffle(len(paths), seed=d.seed, reshuffle_each_iteration=True)
+
+    def load(index):
+        return index, load_image(tf.gather(paths_t, index), d.image_size, d.jpeg_dct_method)
+
+    workers = parallel_calls(cfg)
+    if training:
+        ds = ds.map(counter.wrap(load), num_parallel_calls=workers, deterministic=d.deterministic)
+        ds = ds.ignore_errors(log_warning=True)
+    else:
+        ds = ds.map(load, num_parallel_calls=workers, deterministic=d.deterministic)
+    if d.cache:
+        ds = ds.cache()  # decoded uint8 pixels; later epochs skip read+decode
+        if training:
+            ds = ds.shuffle(d.shuffle_buffer, seed=d.seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def _attach_labels(ds: tf.data.Dataset, ys: Mapping[str, np.ndarray], ws: Mapping[str, np.ndarray]) -> tf.data.Dataset:
+    """``(index batch, images)`` -> ``(images, labels, sample_weights)`` by gathering the rows."""
+    ys_t = {h: tf.constant(v) for h, v in ys.items()}
+    ws_t = {h: tf.constant(v) for h, v in ws.items()}
+
+    def attach(index, images):
+        labels = {h: tf.gather(v, index) for h, v in ys_t.items()}
+        return images, labels, {h: tf.gather(v, index) for h, v in ws_t.items()}
+
+    return ds.map(attach)
 
 
 def make_dataset(
@@ -212,47 +246,20 @@ def make_dataset(
     """
     if len(table) == 0:
         raise ValueError("make_dataset got an empty table")
-    d = cfg.data
     heads = dataset_heads(cfg)
     encoders = encoders if encoders is not None else fit_encoders(table, heads)
     ys, ws = encode_labels(table, heads, encoders)
     paths = [str(Path(data_root) / p) for p in table["rel_path"]]
-
-    # Elements are row indices: shuffling them is a full-table shuffle for 8 bytes a row, and
-    # labels are gathered once per batch instead of travelling with every image.
-    paths_t = tf.constant(paths)
-    ys_t = {h: tf.constant(v) for h, v in ys.items()}
-    ws_t = {h: tf.constant(v) for h, v in ws.items()}
-    ds = tf.data.Dataset.range(len(paths))
-    if training and not d.cache:
-        ds = ds.shuffle(len(paths), seed=d.seed, reshuffle_each_iteration=True)
-
-    def load(index):
-        return index, load_image(tf.gather(paths_t, index), d.image_size, d.jpeg_dct_method)
-
-    workers = parallel_calls(cfg)
     if training:
         counter = counter if counter is not None else BadFileCounter()
-        ds = ds.map(counter.wrap(load), num_parallel_calls=workers, deterministic=d.deterministic)
-        ds = ds.ignore_errors(log_warning=True)
-    else:
-        ds = ds.map(load, num_parallel_calls=workers, deterministic=d.deterministic)
-    if d.cache:
-        ds = ds.cache()  # decoded uint8 pixels; later epochs skip read+decode
-        if training:
-            ds = ds.shuffle(d.shuffle_buffer, seed=d.seed, reshuffle_each_iteration=True)
+    ds = _indexed_images(paths, cfg, training, counter)
     # A plain (serial) batch: its copy is cheap next to decoding, and parallel batching
     # only adds threads competing with the decoders for the host's cores.
-    ds = ds.batch(d.batch_size, drop_remainder=training)
-
-    def attach_labels(index, images):
-        labels = {h: tf.gather(v, index) for h, v in ys_t.items()}
-        return images, labels, {h: tf.gather(v, index) for h, v in ws_t.items()}
-
-    ds = ds.map(attach_labels)
-    ds = ds.with_options(pipeline_options(cfg)).prefetch(AUTOTUNE if d.autotune else d.prefetch_batches)
+    ds = ds.batch(cfg.data.batch_size, drop_remainder=training)
+    ds = _attach_labels(ds, ys, ws)
+    ds = ds.with_options(pipeline_options(cfg)).prefetch(AUTOTUNE if cfg.data.autotune else cfg.data.prefetch_batches)
     gpus = tf.config.list_logical_devices("GPU")
-    if d.prefetch_to_device and gpus and cfg.train.distribute == "none":
+    if cfg.data.prefetch_to_device and gpus and cfg.train.distribute == "none":
         # Overlaps the (uint8) host->device copy with the previous step; must be last.
         ds = ds.apply(tf.data.experimental.prefetch_to_device(gpus[0].name))
     ds.bad_file_counter = counter

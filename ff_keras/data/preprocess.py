@@ -11,26 +11,35 @@ resize-bound, and at the shrink factors used here (224 -> 160) its effect is sma
 ``square_resize_np`` implements the same arithmetic in numpy (equal within 1 grey level).
 
 Normalisation is ``(x / scale - mean) / std`` with the constants of the backbone's
-``BackboneSpec``. It runs inside the model (``normalization_layer``), so exported models
-take raw RGB 0-255; ``normalize_np`` / ``normalize_tf`` exist for tests and tools.
+``BackboneSpec`` (defined here: it is a preprocessing contract), computed everywhere as one
+multiply-add (``normalization_affine``). It runs inside the model (``normalization_layer``),
+so exported models take raw RGB 0-255; ``normalize_np`` / ``normalize_tf`` are the same
+arithmetic for tools and references outside the graph.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from ff_keras.models.backbones import IMAGENET, BackboneSpec, get_backbone
-
 if TYPE_CHECKING:  # TF is imported lazily: the serving path uses only the numpy helpers.
     import tensorflow as tf
 
 
-def spec_for(backbone: str) -> BackboneSpec:
-    """The normalisation contract of a registered backbone (its module's ``SPEC``)."""
-    return get_backbone(backbone).SPEC
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Preprocessing contract of a backbone's weights: x_norm = (x/scale - mean) / std."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float  # divide raw 0-255 RGB by this first
+    embedding_dim: int
+
+
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=255.0)
 
 
 def imagenet_spec() -> BackboneSpec:
@@ -38,33 +47,37 @@ def imagenet_spec() -> BackboneSpec:
     return BackboneSpec(embedding_dim=0, **IMAGENET)
 
 
-def _affine(spec: BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
-    # (x/scale - mean)/std == (x - mean*scale) / (std*scale): one subtract, one divide.
-    shift = np.asarray(spec.mean, np.float32) * np.float32(spec.scale)
-    div = np.asarray(spec.std, np.float32) * np.float32(spec.scale)
-    return shift, div
+def normalization_affine(spec: BackboneSpec) -> tuple[list[float], list[float]]:
+    """Per-channel ``(multiplier, offset)`` with ``x_norm = x * multiplier + offset``.
+
+    ``(x/scale - mean)/std == x * (1 / (scale*std)) - mean/std``: one multiply-add, the
+    arithmetic of the model's ``Rescaling`` layer, so every path computes the same numbers.
+    """
+    multiplier = [1.0 / (spec.scale * s) for s in spec.std]
+    offset = [-m / s for m, s in zip(spec.mean, spec.std)]
+    return multiplier, offset
 
 
 def normalize_np(images: np.ndarray, spec: BackboneSpec) -> np.ndarray:
     """Raw RGB 0-255 (uint8 or float, ``[..., 3]``) -> normalised float32, in numpy."""
-    shift, div = _affine(spec)
-    return (np.asarray(images, np.float32) - shift) / div
+    multiplier, offset = normalization_affine(spec)
+    return np.asarray(images, np.float32) * np.float32(multiplier) + np.float32(offset)
 
 
 def normalize_tf(images: tf.Tensor, spec: BackboneSpec) -> tf.Tensor:
     """The same as ``normalize_np`` with TF ops (float32 out)."""
     import tensorflow as tf
 
-    shift, div = _affine(spec)
-    return (tf.cast(images, tf.float32) - shift) / div
+    multiplier, offset = normalization_affine(spec)
+    return tf.cast(images, tf.float32) * np.float32(multiplier) + np.float32(offset)
 
 
 def normalization_layer(spec: BackboneSpec, name: str = "normalize"):
-    """A Keras layer doing ``normalize_tf`` inside the model (saved with it, ONNX-exportable)."""
+    """``normalize_tf`` as one serialisable Keras layer: the model's first layer (ONNX-exportable)."""
     import keras
 
-    shift, div = _affine(spec)
-    return keras.layers.Normalization(mean=shift.tolist(), variance=(div**2).tolist(), name=name)
+    multiplier, offset = normalization_affine(spec)
+    return keras.layers.Rescaling(scale=multiplier, offset=offset, name=name)
 
 
 def center_square(height: tf.Tensor, width: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

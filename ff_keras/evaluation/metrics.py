@@ -20,8 +20,6 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 from ff_keras import labels
 
-# Column of the canonical table that holds each head's label.
-HEAD_LABEL_COLUMN: dict[str, str] = {"age": "age_bin", "gender": "gender", "race": "race", "race_utk": "race"}
 # Groupings of the fairness slices; "race_x_gender" is derived from two columns.
 GROUPINGS: tuple[str, ...] = ("race", "gender", "race_x_gender", "age_bin")
 _CHUNK = 128  # bootstrap resamples per vectorised block (bounds memory on big splits)
@@ -100,7 +98,7 @@ def percentile_ci(samples: np.ndarray, point: float, level: float) -> list[float
 
 def encode(table: pd.DataFrame, head: str) -> np.ndarray:
     """Class ids of ``head`` in schema order, read from the table's label column."""
-    column = HEAD_LABEL_COLUMN[head]
+    column = labels.label_column(head)
     rows = table["rel_path"].tolist() if "rel_path" in table else None
     return labels.LabelEncoder(head).fit(table[column], rows).transform(table[column], rows)
 

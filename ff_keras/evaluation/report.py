@@ -85,201 +85,130 @@ def to_html(blocks: list[Block], title: str) -> str:
 # === Document ===
 
 
-def _table_blocks(name: str, res: dict, out_dir: Path) -> list[Block]:
-    blocks: list[Block] = [("h2", f"{name} (n = {res['n']})")]
+def _img(path: Path, out_dir: Path) -> Block:
+    return ("img", path.relative_to(out_dir).as_posix())
+
+
+def _head_rows(res: dict) -> list[list]:
     rows = []
     for head, m in res["heads"].items():
         for metric in ("accuracy", "balanced_accuracy", "macro_f1", "off_by_one"):
             if metric in m:
                 rows.append([head, metric, fmt(m[metric], m["ci"][metric]), m["n"]])
     if "age_years" in res:
-        rows.append(
-            [
-                "age_years",
-                "MAE (years)",
-                fmt(res["age_years"]["mae"], res["age_years"]["ci"]["mae"]),
-                res["age_years"]["n"],
-            ]
-        )
-    blocks.append(("table", (["head", "metric", "value [95 % CI]", "n"], rows)))
-    if res.get("skipped"):
-        blocks.append(("p", f"Not evaluated (model has no such head): {', '.join(res['skipped'])}."))
-    slug = name.replace("/", "_")
+        years = res["age_years"]
+        rows.append(["age_years", "MAE (years)", fmt(years["mae"], years["ci"]["mae"]), years["n"]])
+    return rows
+
+
+def _fairness_summary(res: dict) -> list[list]:
     summary = []
     for grouping, per_head in res["groups"].items():
         for head, g in per_head.items():
             if "gap" in g:
-                summary.append(
-                    [
-                        grouping,
-                        head,
-                        g["worst"]["group"],
-                        fmt(g["worst"]["accuracy"], g["worst"]["ci"]),
-                        fmt(g["gap"]["value"], g["gap"]["ci"]),
-                        fmt(g["ratio"]["value"], g["ratio"]["ci"]),
-                    ]
-                )
+                summary.append([grouping, head, g["worst"]["group"], fmt(g["worst"]["accuracy"], g["worst"]["ci"]),
+                                fmt(g["gap"]["value"], g["gap"]["ci"]), fmt(g["ratio"]["value"], g["ratio"]["ci"])])
             else:
                 summary.append([grouping, head, g.get("note", ""), "–", "–", "–"])
-    blocks += [
-        ("h3", "Fairness slices (accuracy; groups with n ≥ min_group_n)"),
-        (
-            "table",
-            (["grouping", "head", "worst group", "worst acc [CI]", "max gap [CI]", "ratio [CI]"], summary),
-        ),
-    ]
+    return summary
+
+
+def _group_detail(res: dict) -> list[list]:
+    """One row per (grouping, group) with each head's accuracy [CI]."""
     heads = list(res["heads"])
     detail = {}
     for grouping, per_head in res["groups"].items():
         for head in heads:
             for r in per_head[head]["groups"]:
-                row = detail.setdefault(
-                    (grouping, r["group"]), [grouping, r["group"], r["n"]] + ["–"] * len(heads)
-                )
+                row = detail.setdefault((grouping, r["group"]), [grouping, r["group"], r["n"]] + ["–"] * len(heads))
                 row[3 + heads.index(head)] = fmt(r["accuracy"], r["ci"])
-    blocks.append(
-        ("table", (["grouping", "group", "n", *[f"{h} acc [CI]" for h in heads]], list(detail.values())))
-    )
+    return list(detail.values())
+
+
+def _table_blocks(name: str, res: dict, out_dir: Path) -> list[Block]:
+    """One evaluated table: head metrics, fairness summary and detail, confusion and group plots."""
+    blocks: list[Block] = [("h2", f"{name} (n = {res['n']})"),
+                           ("table", (["head", "metric", "value [95 % CI]", "n"], _head_rows(res)))]
+    if res.get("skipped"):
+        blocks.append(("p", f"Not evaluated (model has no such head): {', '.join(res['skipped'])}."))
+    heads = list(res["heads"])
+    blocks += [
+        ("h3", "Fairness slices (accuracy; groups with n ≥ min_group_n)"),
+        ("table", (["grouping", "head", "worst group", "worst acc [CI]", "max gap [CI]", "ratio [CI]"],
+                   _fairness_summary(res))),
+        ("table", (["grouping", "group", "n", *[f"{h} acc [CI]" for h in heads]], _group_detail(res))),
+    ]
+    slug, plots = name.replace("/", "_"), out_dir / "plots"
     for head, m in res["heads"].items():
-        blocks.append(
-            (
-                "img",
-                plot_confusion(
-                    m["confusion"],
-                    m["classes"],
-                    f"{name}: {head}",
-                    out_dir / "plots" / f"confusion_{slug}_{head}.png",
-                )
-                .relative_to(out_dir)
-                .as_posix(),
-            )
-        )
+        confusion = plot_confusion(m["confusion"], m["classes"], f"{name}: {head}",
+                                   plots / f"confusion_{slug}_{head}.png")
         groups = {grouping: per_head[head] for grouping, per_head in res["groups"].items()}
-        blocks.append(
-            (
-                "img",
-                plot_groups(
-                    groups,
-                    f"{name}: {head} accuracy by group",
-                    out_dir / "plots" / f"groups_{slug}_{head}.png",
-                )
-                .relative_to(out_dir)
-                .as_posix(),
-            )
-        )
+        by_group = plot_groups(groups, f"{name}: {head} accuracy by group", plots / f"groups_{slug}_{head}.png")
+        blocks += [_img(confusion, out_dir), _img(by_group, out_dir)]
     return blocks
 
 
-def build_blocks(metrics: dict, out_dir: Path) -> list[Block]:
-    """The whole report as blocks; writes the plots it references under ``out_dir/plots``."""
+def _intro(metrics: dict) -> str:
     info, settings = metrics.get("model_info", {}), metrics["settings"]
-    intro = (
+    return (
         f"Model {metrics['model']} (backbone {info.get('backbone', '?')}, {info.get('image_size', '?')} px). "
         f"Test-time augmentation: {metrics.get('tta', {}).get('mode') or 'none'}. "
         f"CIs: {settings['level']:.0%} percentile bootstrap, {settings['n_boot']} resamples, seed {settings['seed']} "
         "(widened to contain the point estimate where the percentile interval of a min/max statistic "
         "excludes it). Every figure is measured, except the 'quoted' values of the comparison table."
     )
+
+
+def _leakage_blocks(leak: dict | None) -> list[Block]:
+    if leak is None:
+        return []
+    return [("h2", "Split leakage check"), ("p", leak.get("summary", "")),
+            ("table", (["item", "value"], [[k, v] for k, v in leak.items() if k != "summary"]))]
+
+
+def _calibration_blocks(cal: dict, out_dir: Path) -> list[Block]:
+    if not cal:
+        return []
+    rows = [[h, fmt(c["temperature"]), fmt(c["nll_before"]), fmt(c["nll_after"]), fmt(c["ece_before"]),
+             fmt(c["ece_after"]), c["n"]] for h, c in cal["heads"].items()]
     blocks: list[Block] = [
-        ("h1", f"Evaluation: {Path(metrics['model']).name} on {metrics['split']}"),
-        ("p", intro),
+        ("h2", "Calibration (temperature scaling fitted on val)"), ("p", cal.get("note", "")),
+        ("table", (["head", "temperature", "NLL before", "NLL after", "ECE before", "ECE after", "n"], rows)),
     ]
-    leak = metrics.get("leakage")
-    if leak is not None:
-        blocks += [
-            ("h2", "Split leakage check"),
-            ("p", leak.get("summary", "")),
-            ("table", (["item", "value"], [[k, v] for k, v in leak.items() if k != "summary"])),
-        ]
+    for head, c in cal["heads"].items():
+        path = plot_reliability(c, f"reliability: {head}", out_dir / "plots" / f"reliability_{head}.png")
+        blocks.append(_img(path, out_dir))
+    return blocks
+
+
+def _tta_blocks(tta: dict) -> list[Block]:
+    if not tta.get("effect"):
+        return []
+    rows = [[r["table"], r["head"], r["metric"], fmt(r["without"]), fmt(r["with"]), f"{r['delta']:+.4f}"]
+            for r in tta["effect"]]
+    return [("h2", "Test-time augmentation effect (horizontal-flip averaging)"),
+            ("table", (["table", "head", "metric", "without TTA", "with TTA", "delta"], rows))]
+
+
+def _comparison_blocks(comparison: list[dict]) -> list[Block]:
+    if not comparison:
+        return []
+    header = ["model", "metric", "value", "kind", "our value (measured)", "comparable", "source / note"]
+    rows = [[r["model"], r["metric"], fmt(r["value"]), "quoted", fmt(r["ours"]), r["comparable"], r["source"]]
+            for r in comparison]
+    return [("h2", "Comparison with published figures"), ("p", _QUOTED_NOTE), ("table", (header, rows))]
+
+
+def build_blocks(metrics: dict, out_dir: Path) -> list[Block]:
+    """The whole report as blocks; writes the plots it references under ``out_dir/plots``."""
+    blocks: list[Block] = [("h1", f"Evaluation: {Path(metrics['model']).name} on {metrics['split']}"),
+                           ("p", _intro(metrics))]
+    blocks += _leakage_blocks(metrics.get("leakage"))
     for name, res in metrics["tables"].items():
         blocks += _table_blocks(name, res, out_dir)
-    cal = metrics.get("calibration", {})
-    if cal:
-        blocks += [
-            ("h2", "Calibration (temperature scaling fitted on val)"),
-            ("p", cal.get("note", "")),
-            (
-                "table",
-                (
-                    ["head", "temperature", "NLL before", "NLL after", "ECE before", "ECE after", "n"],
-                    [
-                        [
-                            h,
-                            fmt(c["temperature"]),
-                            fmt(c["nll_before"]),
-                            fmt(c["nll_after"]),
-                            fmt(c["ece_before"]),
-                            fmt(c["ece_after"]),
-                            c["n"],
-                        ]
-                        for h, c in cal["heads"].items()
-                    ],
-                ),
-            ),
-        ]
-        for head, c in cal["heads"].items():
-            blocks.append(
-                (
-                    "img",
-                    plot_reliability(c, f"reliability: {head}", out_dir / "plots" / f"reliability_{head}.png")
-                    .relative_to(out_dir)
-                    .as_posix(),
-                )
-            )
-    tta = metrics.get("tta", {})
-    if tta.get("effect"):
-        blocks += [
-            ("h2", "Test-time augmentation effect (horizontal-flip averaging)"),
-            (
-                "table",
-                (
-                    ["table", "head", "metric", "without TTA", "with TTA", "delta"],
-                    [
-                        [
-                            r["table"],
-                            r["head"],
-                            r["metric"],
-                            fmt(r["without"]),
-                            fmt(r["with"]),
-                            f"{r['delta']:+.4f}",
-                        ]
-                        for r in tta["effect"]
-                    ],
-                ),
-            ),
-        ]
-    comparison = metrics["comparison"] if "comparison" in metrics else baselines.compare(metrics)
-    if comparison:
-        blocks += [
-            ("h2", "Comparison with published figures"),
-            ("p", _QUOTED_NOTE),
-            (
-                "table",
-                (
-                    [
-                        "model",
-                        "metric",
-                        "value",
-                        "kind",
-                        "our value (measured)",
-                        "comparable",
-                        "source / note",
-                    ],
-                    [
-                        [
-                            r["model"],
-                            r["metric"],
-                            fmt(r["value"]),
-                            "quoted",
-                            fmt(r["ours"]),
-                            r["comparable"],
-                            r["source"],
-                        ]
-                        for r in comparison
-                    ],
-                ),
-            ),
-        ]
+    blocks += _calibration_blocks(metrics.get("calibration", {}), out_dir)
+    blocks += _tta_blocks(metrics.get("tta", {}))
+    blocks += _comparison_blocks(metrics["comparison"] if "comparison" in metrics else baselines.compare(metrics))
     return blocks
 
 

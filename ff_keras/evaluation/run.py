@@ -57,7 +57,9 @@ def predict_rows(
         plain.append(predictor.predict(x))
         if tta == "flip":
             flipped.append(predictor.predict(x[:, :, ::-1].copy()))
-    join = lambda parts: {h: np.concatenate([p[h] for p in parts]) for h in parts[0]}
+    def join(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {h: np.concatenate([p[h] for p in parts]) for h in parts[0]}
+
     base = join(plain)
     if tta == "none":
         return base, None
@@ -90,10 +92,6 @@ def table_views(table: pd.DataFrame) -> dict[str, tuple[str, np.ndarray]]:
     return views
 
 
-def labelled_rows(table: pd.DataFrame, head: str) -> np.ndarray:
-    return table["source"].map(lambda s: head in labels.SOURCE_HEADS.get(s, ())).to_numpy(bool)
-
-
 def calibrate(
     table: pd.DataFrame, raw: Mapping[str, np.ndarray], temperatures: Mapping[str, float], n_bins: int
 ) -> dict[str, dict]:
@@ -102,7 +100,7 @@ def calibrate(
     for head in raw:
         if head not in labels.HEAD_CLASSES:
             continue
-        rows = labelled_rows(table, head)
+        rows = labels.labelled_mask(table, head)
         if not rows.any():
             continue
         y = evaluate.encode(table.loc[rows], head)
@@ -117,7 +115,7 @@ def fit_temperatures(table: pd.DataFrame, raw: Mapping[str, np.ndarray]) -> dict
     """Per-head temperature on (val) rows labelled for that head."""
     temps = {}
     for head in raw:
-        rows = labelled_rows(table, head) if head in labels.HEAD_CLASSES else np.zeros(0, bool)
+        rows = labels.labelled_mask(table, head) if head in labels.HEAD_CLASSES else np.zeros(0, bool)
         if rows.any():
             temps[head] = calibration.fit_temperature(raw[head][rows], evaluate.encode(table.loc[rows], head))
     return temps

@@ -11,9 +11,7 @@ whichever artifact is loaded.
 
 from __future__ import annotations
 
-import io
 import os
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -42,12 +40,6 @@ def load_images(paths: Iterable[str | Path], size: int) -> np.ndarray:
     if not arrays:
         raise ValueError("load_images got no paths")
     return np.stack(arrays)
-
-
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Encoded image bytes -> model input; used by scripts that read bytes rather than paths."""
-    with Image.open(io.BytesIO(data)) as im:
-        return prepare_face(im, size)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -171,7 +163,6 @@ class KerasPredictor(Predictor):
         tf = _import_tf(threads)
         import keras
 
-        _register_custom_objects()
         self._tf = tf
         self.model = keras.saving.load_model(str(path), compile=False)
 
@@ -213,14 +204,6 @@ def _import_tf(threads: int | None):
     return tf
 
 
-def _register_custom_objects() -> None:
-    """Importing the model module registers its custom layers for ``.keras`` deserialisation."""
-    try:
-        import ff_keras.models.multihead  # noqa: F401
-    except ImportError:
-        pass
-
-
 def load_predictor(
     path: str | Path, threads: int | None = None, batch_size: int = 32, spinning: bool = True
 ) -> Predictor:
@@ -250,24 +233,3 @@ def load_predictor(
 def argmax_agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], heads: Sequence[str]) -> dict[str, float]:
     """Fraction of rows whose top class agrees, per head (parity and INT8 checks)."""
     return {h: float(np.mean(a[h].argmax(-1) == b[h].argmax(-1))) for h in heads}
-
-
-def images_per_second(predictor, images: np.ndarray, batch: int, repeats: int = 3, per_round: int = 64) -> float:
-    """Best-of-``repeats`` throughput of ``predictor.predict`` at a fixed batch size.
-
-    Each round makes enough calls to cover ``per_round`` images, so small batches are timed
-    over many calls rather than one (a single call is dominated by timer and scheduler noise).
-    """
-    x = images[:batch] if len(images) >= batch else np.resize(images, (batch, *images.shape[1:]))
-    calls = max(1, -(-per_round // batch))
-    for _ in range(min(calls, 4)):  # warm-up: first calls allocate and spin up thread pools
-        predictor.predict(x)
-    best = min(_timed(predictor, x, calls) for _ in range(repeats))
-    return batch * calls / best
-
-
-def _timed(predictor, x: np.ndarray, calls: int) -> float:
-    t = time.perf_counter()
-    for _ in range(calls):
-        predictor.predict(x)
-    return time.perf_counter() - t

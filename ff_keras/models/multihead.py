@@ -8,14 +8,13 @@ No Sequential submodels and no augmentation inside the graph: both break tf2onnx
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import keras
 from keras import layers
 
 from ff_keras import labels
 from ff_keras.models.backbones import get_backbone
 from ff_keras.config import Config
+from ff_keras.data import preprocess
 
 BACKBONE_NAME = "backbone"
 NORM_NAME = "normalize"
@@ -30,11 +29,8 @@ def build_backbone(name: str, image_size: int, width: float = 1.0, embedding: st
 
 
 def normalization_layer(name: str) -> layers.Rescaling:
-    """The backbone's ``SPEC`` as one serialisable per-channel ``x * scale + offset`` layer."""
-    spec = get_backbone(name).SPEC
-    scale = [1.0 / (spec.scale * s) for s in spec.std]
-    offset = [-m / s for m, s in zip(spec.mean, spec.std)]
-    return layers.Rescaling(scale=scale, offset=offset, name=NORM_NAME)
+    """The input normalisation of backbone ``name`` (its ``SPEC``) as the model's first layer."""
+    return preprocess.normalization_layer(get_backbone(name).SPEC, NORM_NAME)
 
 
 def head_units(cfg: Config) -> dict[str, int]:
@@ -56,6 +52,8 @@ def build_model(cfg: Config) -> keras.Model:
 
     ``cfg.model.embed_dim == 0`` puts the heads directly on the pooled backbone features (the
     layout of the FairFace authors' released ResNet-34, whose single fc maps 512 -> 18).
+    The weights are freshly initialised: ``cfg.model.weights`` is read by
+    ``ff_keras.convert.pretrained.build_pretrained``, never here (model code reads no files).
 
     Returns:
         A ``keras.Model`` with input ``image`` (float32 RGB 0-255, (B, S, S, 3)) and a dict of
@@ -66,8 +64,6 @@ def build_model(cfg: Config) -> keras.Model:
     image = keras.Input((size, size, 3), name="image", dtype="float32")
     x = normalization_layer(m.backbone)(image)
     backbone = build_backbone(m.backbone, size, width=m.width, embedding=m.embedding)
-    if m.weights:
-        load_pretrained(backbone, m.backbone, m.weights)
     x = backbone(x)
     if m.embed_dim > 0:
         x = layers.Dense(m.embed_dim, kernel_regularizer=reg, name=EMBED_NAME)(x)
@@ -82,16 +78,6 @@ def build_model(cfg: Config) -> keras.Model:
     add_weight_decay(backbone, m.weight_decay)
     set_trainable(model, m.freeze_backbone, m.freeze_up_to)
     return model
-
-
-def load_pretrained(backbone: keras.Model, name: str, path: str | Path) -> None:
-    """Loads converted weights from ``path``: the backbone module's own ``load_weights`` if it
-    has one (e.g. dlib), else ``ff_keras.convert.torchvision.load_backbone_weights`` (strict .npz)."""
-    module = get_backbone(name)
-    loader = getattr(module, "load_weights", None)
-    if loader is None:
-        from ff_keras.convert.torchvision import load_backbone_weights as loader
-    loader(backbone, Path(path))
 
 
 def add_weight_decay(backbone: keras.Model, weight_decay: float) -> None:

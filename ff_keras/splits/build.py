@@ -47,7 +47,8 @@ def load_split(manifests_dir: str | Path, sources: list[str] | tuple[str, ...], 
         path = manifest_path(manifests_dir, source)
         if not path.exists():
             raise FileNotFoundError(f"split manifest not found: {path} (run scripts/make_splits.py)")
-        df = pd.read_csv(path, keep_default_na=True, dtype={"rel_path": str, "race": str, "gender": str, "age_bin": str})
+        dtypes = {"rel_path": str, "race": str, "gender": str, "age_bin": str}
+        df = pd.read_csv(path, keep_default_na=True, dtype=dtypes)
         missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
         if missing:
             raise ValueError(f"{path} lacks columns {missing}")
@@ -108,7 +109,8 @@ def assign_splits(
     handed to train/val/test (20 folds of 5 % give 70/15/15 exactly).
     """
     counts = np.rint(np.asarray(fractions, float) * n_folds).astype(int)
-    if len(fractions) != len(SPLITS) or not np.allclose(counts, np.asarray(fractions) * n_folds) or counts.sum() != n_folds:
+    exact = np.allclose(counts, np.asarray(fractions) * n_folds)
+    if len(fractions) != len(SPLITS) or not exact or counts.sum() != n_folds:
         raise ValueError(f"fractions {tuple(fractions)} must be 3 multiples of 1/{n_folds} summing to 1")
     fold_split = np.repeat(np.arange(len(SPLITS)), counts)
     fold = stratified_group_folds(np.asarray(stratum), np.asarray(groups), n_folds, seed)

@@ -48,7 +48,9 @@ def descriptor_pairs(x: np.ndarray, threshold: float, block: int = 2048) -> tupl
     return i[order].astype(np.int64), j[order].astype(np.int64), d[order].astype(np.float32)
 
 
-def hamming_pairs(bits_packed: np.ndarray, max_bits: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def hamming_pairs(
+    bits_packed: np.ndarray, max_bits: int, block: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``i < j`` of packed hashes whose Hamming distance is <= ``max_bits``.
 
     Hamming = popcount(a) + popcount(b) - 2 a.b on unpacked 0/1 vectors, exact in float32.

@@ -18,19 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ff_keras.data.crops import main_face_box
+from ff_keras.paths import face_models_dir
+
 DESCRIPTOR_DIM = 128
-DHASH_BITS = 256  # 16x16 difference hash, the size quoted in the data README
-
-
-def face_models_dir() -> Path:
-    """Folder of dlib's model files shipped by the ``face-recognition-models`` pip package."""
-    import importlib.util
-
-    # find_spec, not import: the package's __init__ needs pkg_resources, gone from new setuptools.
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("pip package face-recognition-models is not installed")
-    return Path(spec.origin).parent / "models"
 
 
 _MODELS = None
@@ -54,23 +45,15 @@ def _models():
 def face_descriptor(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
     """128-d dlib descriptor of the main face in a face crop.
 
-    HOG misses ~25 % of tight dataset crops, so when it finds nothing the central
-    2/3 of the crop (where a padding-0.25 chip puts the face) seeds the landmarks.
+    The face box is ``data.crops.main_face_box`` (largest HOG box, else the central 2/3).
 
     Returns:
         (descriptor float32 [128], whether HOG detected the face)
     """
-    import dlib
-
     detector, predictor, net = _models()
-    h, w = rgb.shape[:2]
-    dets = detector(rgb, 0)
-    if len(dets):
-        rect = max(dets, key=lambda r: r.width() * r.height())
-    else:
-        rect = dlib.rectangle(w // 6, h // 6, w - w // 6, h - h // 6)
+    rect, detected = main_face_box(detector, rgb)
     shape = predictor(rgb, rect)
-    return np.asarray(net.compute_face_descriptor(rgb, shape), np.float32), bool(len(dets))
+    return np.asarray(net.compute_face_descriptor(rgb, shape), np.float32), detected
 
 
 def dhash(rgb: np.ndarray, hash_size: int = 16) -> np.ndarray:

@@ -109,17 +109,7 @@ def verify_leakage(
     thresholds = sorted({params.identity_threshold, *rate_thresholds})
     counts = pair_rate_counts(embeddings["descriptor"], split, group, manifest["gender"].to_numpy(), thresholds)
     k_t = thresholds.index(params.identity_threshold)
-    cross = [f"{p}|{q}" for p, q in combinations(SPLITS, 2)]
-    hi, hj, _ = hamming_pairs(embeddings["dhash"], params.dhash_bits)
-    sha = pd.Series(np.asarray(embeddings["sha256"]))
-    spans = manifest.groupby("group_id")["split"].nunique()
-    sizes = manifest.groupby("group_id").size()
-    must_be_zero = {
-        "identity_pairs": {c: int(counts[c][k_t]) for c in cross},
-        "dhash_near_duplicates": _cross_split_pairs(hi, hj, split),
-        "exact_duplicates": _cross_split_by_key(sha, split),
-        "groups_spanning_splits": int((spans > 1).sum()),
-    }
+    must_be_zero = _must_be_zero(manifest, embeddings, params, split, counts, k_t)
     zero = [v for d in must_be_zero.values() for v in (d.values() if isinstance(d, dict) else [d])]
     rates = {
         c: {f"{t:.2f}": float(v[k] / v[-1]) if v[-1] else None for k, t in enumerate(thresholds)}
@@ -133,16 +123,36 @@ def verify_leakage(
         "near_pair_rates": rates,
         "pair_counts": {c: {"under": dict(zip([f"{t:.2f}" for t in thresholds], map(int, v[:-1]))), "pairs": int(v[-1])}
                         for c, v in counts.items()},
-        "groups": {
-            "n_groups": len(sizes),
-            "largest": int(sizes.max()),
-            "groups_size_gt1": int((sizes > 1).sum()),
-            "images_in_groups_gt1": int(sizes[sizes > 1].sum()),
-            "size_histogram": {str(k): int(v) for k, v in sizes.value_counts().sort_index().items()},
-        },
+        "groups": _group_sizes(manifest),
         "split_sizes": {s: {src: int(n) for src, n in manifest.loc[split == s].groupby("source").size().items()}
                         for s in SPLITS},
         "strata": stratum_drift(manifest, fractions),
+    }
+
+
+def _must_be_zero(manifest: pd.DataFrame, embeddings: Mapping[str, np.ndarray], params: GroupingParams,
+                  split: np.ndarray, counts: dict[str, np.ndarray], k_t: int) -> dict:
+    """The counts that must be 0: identity pairs under t, dHash and exact copies across splits,
+    groups spanning splits."""
+    cross = [f"{p}|{q}" for p, q in combinations(SPLITS, 2)]
+    hi, hj, _ = hamming_pairs(embeddings["dhash"], params.dhash_bits)
+    spans = manifest.groupby("group_id")["split"].nunique()
+    return {
+        "identity_pairs": {c: int(counts[c][k_t]) for c in cross},
+        "dhash_near_duplicates": _cross_split_pairs(hi, hj, split),
+        "exact_duplicates": _cross_split_by_key(pd.Series(np.asarray(embeddings["sha256"])), split),
+        "groups_spanning_splits": int((spans > 1).sum()),
+    }
+
+
+def _group_sizes(manifest: pd.DataFrame) -> dict:
+    sizes = manifest.groupby("group_id").size()
+    return {
+        "n_groups": len(sizes),
+        "largest": int(sizes.max()),
+        "groups_size_gt1": int((sizes > 1).sum()),
+        "images_in_groups_gt1": int(sizes[sizes > 1].sum()),
+        "size_histogram": {str(k): int(v) for k, v in sizes.value_counts().sort_index().items()},
     }
 
 

@@ -71,7 +71,8 @@ def threshold_study(
         nn = np.full(n, np.inf)
         np.minimum.at(nn, si, sd)
         np.minimum.at(nn, sj, sd)
-        res = {"n": int(n), "nn_quantiles": {f"{q:.2f}": float(np.quantile(np.minimum(nn, 9), q)) for q in (0.01, 0.05, 0.1, 0.25, 0.5)},
+        quantiles = {f"{q:.2f}": float(np.quantile(np.minimum(nn, 9), q)) for q in (0.01, 0.05, 0.1, 0.25, 0.5)}
+        res = {"n": int(n), "nn_quantiles": quantiles,
                "nn_hist": np.histogram(nn, NN_BINS)[0].tolist(), "nn_none_under": int((nn >= top).sum()),
                "plain": {}, "linkage": {}}
         cand = sd < params.mutual_threshold
@@ -79,7 +80,8 @@ def threshold_study(
         for t in grid:
             c = sd < t
             sizes = np.bincount(connected_groups(n, [(si[c], sj[c])]))
-            res["plain"][f"{t:.2f}"] = {"pairs": int(c.sum()), "largest": int(sizes.max()), "groups_gt1": int((sizes > 1).sum())}
+            res["plain"][f"{t:.2f}"] = {"pairs": int(c.sum()), "largest": int(sizes.max()),
+                                        "groups_gt1": int((sizes > 1).sum())}
             if t <= params.mutual_threshold:
                 mut = mutual & ~c[cand]
                 sizes = np.bincount(connected_groups(n, [(si[c], sj[c]), (si[cand][mut], sj[cand][mut])]))
@@ -144,10 +146,96 @@ def write_json(result: dict, path: Path) -> None:
 
 
 def _table(header: Sequence[str], rows: list[Sequence]) -> list[str]:
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else ("–" if v is None else str(v).replace("|", "\\|"))
+    def fmt(v) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else ("–" if v is None else str(v).replace("|", "\\|"))
+
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(fmt(v) for v in r) + " |" for r in rows
     ]
+
+
+def _threshold_table(study: dict) -> list[str]:
+    """Largest component and groups per threshold and scope."""
+    L: list[str] = []
+    scopes = study["scopes"]
+    rows = []
+    for t in study["grid"]:
+        k = f"{t:.2f}"
+        row = [k]
+        for s in scopes:
+            row += [scopes[s]["plain"][k]["largest"], scopes[s]["plain"][k]["groups_gt1"]]
+        link = scopes["union"]["linkage"].get(k)
+        rows.append(row + ([link["largest"], link["groups_gt1"]] if link else [None, None]))
+    head = ["t"] + [f"{s} {w}" for s in scopes for w in ("largest", "groups>1")] + ["union+mutual largest", "groups>1"]
+    return L + _table(head, rows)
+
+
+def _null_rate_section(result: dict) -> list[str]:
+    """Nearest-neighbour quantiles, the same-label / other-gender rates and the dHash table."""
+    study = result["study"]
+    scopes = study["scopes"]
+    L: list[str] = []
+    L += ["", "Nearest-neighbour distance quantiles: " + "; ".join(
+        f"{s}: " + ", ".join(f"q{q}={v:.3f}" for q, v in scopes[s]["nn_quantiles"].items()) for s in scopes), ""]
+    L += [("Near-pair rate between images with identical labels (gender, race, age bin) against images of the "
+          "*other* gender with the same race and age bin (who cannot be the same person). Above the threshold "
+          "where the ratio falls to its background level, a near pair says nothing more about identity:"), ""]
+    null_rows = []
+    for t in study["grid"]:
+        k = f"{t:.2f}"
+        row = [k]
+        for s in scopes:
+            if "null" in scopes[s]:
+                v = scopes[s]["null"][k]
+                row += [v["same_labels"], v["other_gender"], v["ratio"]]
+        null_rows.append(row)
+    L += _table(["t"] + [f"{s} {w}" for s in scopes if "null" in scopes[s] for w in ("same", "other gender", "ratio")],
+                null_rows)
+    L += ["", result.get("rationale", ""), "", ("dHash (256-bit) pairs per Hamming distance, and how often their "
+          "gender labels agree (copies of one photo agree; unrelated faces about half the time):"), ""]
+    L += _table(["bits", "pairs", "gender agree", "across sources"],
+                [[b, v["pairs"], v["gender_agree"], v["cross_source"]] for b, v in study["dhash"].items()])
+    return L
+
+
+def _cross_source_and_edges(result: dict) -> list[str]:
+    scopes = result["study"]["scopes"]
+    L: list[str] = []
+    xs = scopes["union"]["cross_source_pairs"]
+    L += ["", "FairFace-UTKFace pairs closer than t (descriptors): " + ", ".join(f"{t}: {n}" for t, n in xs.items())
+          + ". Grouping and splitting run on both sources together, so any cross-source copy shares a split.",
+          "", "## Edges joined", ""]
+    L += [f"- {k}: {v} pairs" for k, v in result["edges"].items()]
+    return L
+
+
+def _rates_section(leak: dict) -> list[str]:
+    L: list[str] = []
+    L += ["", "## Cross-split near-pair rates", "",
+          ("Fraction of image pairs closer than each distance. If the grouping missed identity links, pairs "
+          "across splits would be closer than pairs of *different groups within* a split; same-group pairs "
+          "show what a real link looks like."), ""]
+    rates = leak["near_pair_rates"]
+    ths = list(next(iter(rates.values())))
+    L += _table(["pairs", *ths, "n pairs"], [[c, *rates[c].values(), leak["pair_counts"][c]["pairs"]] for c in rates])
+    return L
+
+
+def _groups_and_strata(leak: dict) -> list[str]:
+    grp = leak["groups"]
+    L: list[str] = []
+    L += ["", "## Group sizes", "", "Images per group → number of groups: " + ", ".join(
+        f"{k}: {v}" for k, v in grp["size_histogram"].items()), "", "## Stratum proportions", ""]
+    per = leak["strata"]["per_source"]
+    L += _table(["source", "strata", *[f"{s} share" for s in ("train", "val", "test")],
+                 "max drift (strata ≥ 100 images)", "max drift (all strata)"],
+                [[s, v["n_strata"], *v["proportions"].values(), v["max_drift_strata_ge_100"], v["max_drift_all_strata"]]
+                 for s, v in per.items()])
+    worst = sorted(leak["strata"]["table"].items(), key=lambda kv: -kv[1]["max_drift"] * (kv[1]["n"] >= 100))[:8]
+    L += ["", "Largest drifts among strata with ≥ 100 images (all strata in `leakage.json`):", ""]
+    L += _table(["stratum", "n", "train", "val", "test", "max drift"],
+                [[k, v["n"], v["train"], v["val"], v["test"], v["max_drift"]] for k, v in worst])
+    return L
 
 
 def render_markdown(result: dict) -> str:
@@ -177,60 +265,11 @@ def render_markdown(result: dict) -> str:
           "![distances](leakage_distances.png)", "",
           ("Largest connected component when every pair closer than t is joined (and, last columns, the "
           f"chosen linkage: all pairs < t plus mutual {p['mutual_k']}-NN pairs < {p['mutual_threshold']}):"), ""]
-    scopes = study["scopes"]
-    rows = []
-    for t in study["grid"]:
-        k = f"{t:.2f}"
-        row = [k]
-        for s in scopes:
-            row += [scopes[s]["plain"][k]["largest"], scopes[s]["plain"][k]["groups_gt1"]]
-        link = scopes["union"]["linkage"].get(k)
-        rows.append(row + ([link["largest"], link["groups_gt1"]] if link else [None, None]))
-    head = ["t"] + [f"{s} {w}" for s in scopes for w in ("largest", "groups>1")] + ["union+mutual largest", "groups>1"]
-    L += _table(head, rows)
-    L += ["", "Nearest-neighbour distance quantiles: " + "; ".join(
-        f"{s}: " + ", ".join(f"q{q}={v:.3f}" for q, v in scopes[s]["nn_quantiles"].items()) for s in scopes), ""]
-    L += [("Near-pair rate between images with identical labels (gender, race, age bin) against images of the "
-          "*other* gender with the same race and age bin (who cannot be the same person). Above the threshold "
-          "where the ratio falls to its background level, a near pair says nothing more about identity:"), ""]
-    null_rows = []
-    for t in study["grid"]:
-        k = f"{t:.2f}"
-        row = [k]
-        for s in scopes:
-            if "null" in scopes[s]:
-                v = scopes[s]["null"][k]
-                row += [v["same_labels"], v["other_gender"], v["ratio"]]
-        null_rows.append(row)
-    L += _table(["t"] + [f"{s} {w}" for s in scopes if "null" in scopes[s] for w in ("same", "other gender", "ratio")],
-                null_rows)
-    L += ["", result.get("rationale", ""), "", ("dHash (256-bit) pairs per Hamming distance, and how often their gender "
-          "labels agree (copies of one photo agree; unrelated faces about half the time):"), ""]
-    L += _table(["bits", "pairs", "gender agree", "across sources"],
-                [[b, v["pairs"], v["gender_agree"], v["cross_source"]] for b, v in study["dhash"].items()])
-    xs = scopes["union"]["cross_source_pairs"]
-    L += ["", "FairFace-UTKFace pairs closer than t (descriptors): " + ", ".join(f"{t}: {n}" for t, n in xs.items())
-          + ". Grouping and splitting run on both sources together, so any cross-source copy shares a split.",
-          "", "## Edges joined", ""]
-    L += [f"- {k}: {v} pairs" for k, v in result["edges"].items()]
-    L += ["", "## Cross-split near-pair rates", "",
-          ("Fraction of image pairs closer than each distance. If the grouping missed identity links, pairs "
-          "across splits would be closer than pairs of *different groups within* a split; same-group pairs "
-          "show what a real link looks like."), ""]
-    rates = leak["near_pair_rates"]
-    ths = list(next(iter(rates.values())))
-    L += _table(["pairs", *ths, "n pairs"], [[c, *rates[c].values(), leak["pair_counts"][c]["pairs"]] for c in rates])
-    L += ["", "## Group sizes", "", "Images per group → number of groups: " + ", ".join(
-        f"{k}: {v}" for k, v in grp["size_histogram"].items()), "", "## Stratum proportions", ""]
-    per = leak["strata"]["per_source"]
-    L += _table(["source", "strata", *[f"{s} share" for s in ("train", "val", "test")],
-                 "max drift (strata ≥ 100 images)", "max drift (all strata)"],
-                [[s, v["n_strata"], *v["proportions"].values(), v["max_drift_strata_ge_100"], v["max_drift_all_strata"]]
-                 for s, v in per.items()])
-    worst = sorted(leak["strata"]["table"].items(), key=lambda kv: -kv[1]["max_drift"] * (kv[1]["n"] >= 100))[:8]
-    L += ["", "Largest drifts among strata with ≥ 100 images (all strata in `leakage.json`):", ""]
-    L += _table(["stratum", "n", "train", "val", "test", "max drift"],
-                [[k, v["n"], v["train"], v["val"], v["test"], v["max_drift"]] for k, v in worst])
+    L += _threshold_table(study)
+    L += _null_rate_section(result)
+    L += _cross_source_and_edges(result)
+    L += _rates_section(leak)
+    L += _groups_and_strata(leak)
     return "\n".join(L) + "\n"
 
 

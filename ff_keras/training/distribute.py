@@ -111,18 +111,6 @@ def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> in
     return global_batch // n
 
 
-def dataset_options() -> tf.data.Options:
-    """Sharding for multi-worker input: DATA (each worker keeps every n-th batch).
-
-    Our pipelines start from ``from_tensor_slices`` over a table of paths (or cached
-    embeddings), not from a list of files read by a file reader dataset, so FILE sharding
-    has nothing to split (AUTO would try FILE, fail and fall back to DATA with a warning).
-    """
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return options
-
-
 # === Local cluster (multi-worker smoke runs on one machine) ===
 
 

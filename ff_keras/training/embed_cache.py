@@ -94,7 +94,9 @@ def cached(path: Path, make) -> dict[str, np.ndarray]:
     return arrays
 
 
-def to_dataset(arrays: dict[str, np.ndarray], heads: Sequence[str], batch_size: int, training: bool, seed: int = 0) -> tf.data.Dataset:
+def to_dataset(
+    arrays: dict[str, np.ndarray], heads: Sequence[str], batch_size: int, training: bool, seed: int = 0
+) -> tf.data.Dataset:
     """Cached arrays -> ``(embedding, labels, weights)`` batches like ``data.make_dataset``."""
     missing = [h for h in heads if f"y_{h}" not in arrays]
     if missing:

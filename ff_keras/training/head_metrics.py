@@ -8,8 +8,6 @@ epoch and divided once at the end (sklearn's definitions, checked in tests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 import tensorflow as tf
 
@@ -43,7 +41,8 @@ class ConfusionMetric(keras.metrics.Metric):
         n = self.num_classes
         pred = tf.argmax(tf.reshape(y_pred, [-1, n]), axis=-1, output_type=tf.int32)
         true = _ids(y_true, n)
-        w = tf.ones_like(true, tf.float32) if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        w = (tf.ones_like(true, tf.float32) if sample_weight is None
+             else tf.reshape(tf.cast(sample_weight, tf.float32), [-1]))
         # one_hot(true)^T @ (w * one_hot(pred)): tf.math.confusion_matrix's runtime asserts
         # make the training step several times slower to trace.
         cm = tf.matmul(tf.one_hot(true, n), tf.one_hot(pred, n) * w[:, None], transpose_a=True)
@@ -110,7 +109,3 @@ def head_metrics(head: str) -> list[keras.metrics.Metric]:
             keras.metrics.MeanMetricWrapper(_off_by_one, name="age_off_by_one"),
         ]
     return out
-
-
-def build_metrics(heads: Sequence[str]) -> dict[str, list[keras.metrics.Metric]]:
-    return {h: head_metrics(h) for h in heads}

@@ -64,7 +64,9 @@ class RegressionLoss:
         return 0.5 * quad**2 + HUBER_DELTA_YEARS * (err - quad)
 
 
-def build_losses(heads: Sequence[str], label_smoothing: float = 0.0, age_years_loss: str = "huber") -> dict[str, PerSampleLoss]:
+def build_losses(
+    heads: Sequence[str], label_smoothing: float = 0.0, age_years_loss: str = "huber"
+) -> dict[str, PerSampleLoss]:
     """Per-sample loss per head: cross-entropy for class heads, L1/Huber for ``age_years``."""
     out: dict[str, PerSampleLoss] = {}
     for head in heads:

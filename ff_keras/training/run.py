@@ -11,6 +11,7 @@ resumes: finished stages are skipped and the current stage restarts from its las
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -18,8 +19,8 @@ import secrets
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ from ff_keras.splits import build as splits
 from ff_keras.models import multihead as model_lib
 from ff_keras.data.augment import augment_batch
 from ff_keras.config import Config, StageConfig, save_config, to_dict
+from ff_keras.convert.pretrained import build_pretrained, resolve_weights
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.training.losses import build_losses, head_losses
 from ff_keras.model_info import ModelInfo
@@ -46,7 +48,6 @@ from ff_keras.training.trainer import (
     BestModelSaver,
     LearningRateLogger,
     MultiTaskTrainer,
-    get_strategy,
     lr_schedule,
     make_optimizer,
     monitor_mode,
@@ -108,20 +109,6 @@ def load_tables(cfg: Config, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 log.warning("dropped unreadable %s image %s: %s", split, rel, why)
         out.append(table)
     return out[0], out[1]
-
-
-def resolve_weights(cfg: Config) -> None:
-    """Makes ``model.weights`` an absolute path (relative = to the repo root); a glob such as
-    ``weights/dlib_resnet_*.npz`` picks the newest match, so configs need not know the hash."""
-    if not cfg.model.weights:
-        return
-    pattern = repo_path(cfg.model.weights)
-    found = sorted(pattern.parent.glob(pattern.name), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(
-            f"model.weights {cfg.model.weights!r} matches no file (looked for {pattern}); convert them first, "
-            "with scripts/convert_weights.py (see its --help)")
-    cfg.model.weights = str(found[-1])
 
 
 def resolve_stages(cfg: Config) -> list[StageConfig]:
@@ -197,17 +184,104 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)  # don't leak into the caller
 
 
-def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
-    cfg = copy.deepcopy(cfg)
+@dataclass
+class FitInputs:
+    """What one stage fits: the network (full, or a head-only copy on cached embeddings), its
+    data, steps source, in-step augmentation and how its weights get back into the full net."""
+
+    net: keras.Model
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    n_rows: int
+    prepare: Callable | None = None  # (x, training, seed) -> inputs; None = plain cast
+    sync: Callable[[], None] | None = None  # copies fitted head weights into the full net
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Everything the stages of one run share."""
+
+    cfg: Config
+    strategy: tf.distribute.Strategy
+    run_dir: Path
+    root: Path
+    tables: tuple[pd.DataFrame, pd.DataFrame]
+    heads: list[str]
+    encoders: dict
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset
+    net: keras.Model
+    weighting: LossWeighting
+    loss_fns: dict
+    tracker: Tracker
+    info: ModelInfo
+
+
+def cached_embeddings(net: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, folder: Path,
+                      flip: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Frozen-backbone embeddings of ``train_ds`` (plus flips) and ``val_ds``, cached in ``folder``."""
+    feats = embed_cache.feature_model(net)
+    tr = embed_cache.cached(folder / "train.npz", partial(embed_cache.extract, feats, train_ds, flip=flip))
+    va = embed_cache.cached(folder / "val.npz", partial(embed_cache.extract, feats, val_ds))
+    return tr, va
+
+
+def embedding_fit_inputs(net: keras.Model, heads: Sequence[str], tr: dict[str, np.ndarray],
+                         va: dict[str, np.ndarray], batch_size: int, seed: int,
+                         strategy: tf.distribute.Strategy | None = None) -> FitInputs:
+    """A head-only copy of ``net`` (its current head weights) fitted on cached embeddings."""
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        heads_net = embed_cache.head_model(net, heads)
+    sync = partial(embed_cache.copy_layer_weights, heads_net, net, embed_cache.head_layer_names(net, heads))
+    shard = data.sharding_options()
+    return FitInputs(
+        heads_net,
+        embed_cache.to_dataset(tr, heads, batch_size, True, seed).repeat().with_options(shard),
+        embed_cache.to_dataset(va, heads, batch_size, False).with_options(shard),
+        len(tr["emb"]),
+        sync=sync,
+    )
+
+
+def fit_inputs(run: _Run, stage: StageConfig) -> FitInputs:
+    """The stage's inputs: cached embeddings for a frozen backbone (when enabled), else images."""
+    cfg = run.cfg
+    if stage.freeze_backbone and cfg.train.cache_frozen_embeddings:
+        plain = data.make_dataset(run.tables[0], run.root, cfg, False, run.encoders)
+        tr, va = cached_embeddings(run.net, plain, run.val_ds, run.run_dir / "embeddings", cfg.train.cache_flip)
+        return embedding_fit_inputs(run.net, run.heads, tr, va, cfg.data.batch_size, cfg.train.seed, run.strategy)
+    return FitInputs(run.net, run.train_ds.repeat(), run.val_ds, len(run.tables[0]),
+                     prepare=partial(_augment, cfg.augment), callbacks=[run.train_ds.bad_file_counter])
+
+
+def compile_trainer(fit: FitInputs, weighting: LossWeighting, loss_fns: dict, cfg: Config, lr: float,
+                    epochs: int, steps: int, seed: int = 0, jit_compile: bool = False) -> MultiTaskTrainer:
+    """``MultiTaskTrainer`` over ``fit.net`` with the configured optimizer and LR schedule."""
+    trainer = MultiTaskTrainer(fit.net, weighting, loss_fns, fit.prepare, seed=seed)
+    schedule = lr_schedule(lr, epochs, steps, cfg.train.warmup_epochs)
+    trainer.compile(optimizer=make_optimizer(cfg.train.optimizer, schedule, cfg.model.weight_decay),
+                    jit_compile=jit_compile)
+    return trainer
+
+
+def stage_callbacks(weighting: LossWeighting, tracker: Tracker,
+                    between: Sequence[keras.callbacks.Callback] = ()) -> list[keras.callbacks.Callback]:
+    """Loss-weight and LR logging first (they write into the epoch logs), tracking last."""
+    return [LossWeightingCallback(weighting), LearningRateLogger(), *between, TrackingCallback(tracker)]
+
+
+def _start_run(cfg: Config, argv, tables) -> _Run:
+    """Strategy, run folder, data, model, loss weighting, tracker and sidecar of a run."""
     # First: logical devices and collectives must be set up before the TF runtime starts.
-    strategy = get_strategy(cfg.train.distribute, cfg.train.logical_devices)
-    chief = distribute.is_chief(strategy)
-    if not chief:  # same code on every worker; only the chief writes the run folder and W&B
+    strategy = distribute.get_strategy(cfg.train.distribute, cfg.train.logical_devices)
+    if not distribute.is_chief(strategy):  # same code on every worker; only the chief writes
         if not cfg.train.run_id:
             raise ValueError("train.distribute=multi_worker needs the same train.run_id on every worker")
         cfg.output_dir = str(distribute.worker_dir(run_folder(cfg), strategy))
         cfg.wandb.mode = "disabled"
-    resolve_weights(cfg)  # before the config is saved: the run records the exact file
+    if cfg.model.weights:  # before the config is saved: the run records the exact file
+        cfg.model.weights = str(resolve_weights(cfg.model.weights, cfg.model.backbone))
     cfg, run_dir, resumed = prepare_run(cfg, sys.argv if argv is None else argv)
     print(f"{'resuming' if resumed else 'starting'} run {run_dir}", flush=True)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -223,87 +297,86 @@ def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
                 "global_batch": bs, "per_replica_batch": distribute.per_replica_batch(bs, strategy)}
     print(f"train {len(train_t)} rows, val {len(val_t)} rows, heads {heads}, precision {policy}, "
           f"{replicas}", flush=True)
-
     with strategy.scope():
-        net = model_lib.build_model(cfg)
+        net = build_pretrained(cfg)
         weighting = LossWeighting(heads, cfg.train.loss_weighting, cfg.train.loss_weights, cfg.train.dwa_temperature)
     loss_fns = build_losses(heads, cfg.train.label_smoothing, cfg.train.age_years_loss)
-    id_file = run_dir / "wandb_id.txt"
-    if not id_file.exists():
-        id_file.write_text(secrets.token_hex(4))
-    w = cfg.wandb
-    tracker = Tracker(w.mode, w.project, run_dir, run_dir.name, {**to_dict(cfg), "precision": policy},
-                      w.group, w.tags, id_file.read_text().strip(), w.dir or None)
     info = ModelInfo(cfg.data.image_size, cfg.model.backbone,
                      heads=[h for h in heads if h in labels.HEAD_CLASSES],
                      extra={"regression_heads": [h for h in heads if h in labels.REGRESSION_HEADS],
                             "run": run_dir.name, "loss_weighting": cfg.train.loss_weighting,
                             "distribute": replicas})
-    best_dir, ckpt = run_dir / "best", run_dir / "checkpoints"
-    ckpt.mkdir(exist_ok=True)
+    return _Run(cfg, strategy, run_dir, root, (train_t, val_t), heads, encoders, train_ds, val_ds, net, weighting,
+                loss_fns, _run_tracker(cfg, run_dir, policy), info)
 
+
+def _run_tracker(cfg: Config, run_dir: Path, policy: str) -> Tracker:
+    """The run's W&B tracker; its id is kept in the run folder so a resumed run continues it."""
+    id_file = run_dir / "wandb_id.txt"
+    if not id_file.exists():
+        id_file.write_text(secrets.token_hex(4))
+    w = cfg.wandb
+    return Tracker(w.mode, w.project, run_dir, run_dir.name, {**to_dict(cfg), "precision": policy},
+                   w.group, w.tags, id_file.read_text().strip(), w.dir or None)
+
+
+def _fit_stage(run: _Run, i: int, stage: StageConfig, epoch0: int, extra_callbacks) -> None:
+    """Trains one stage from ``epoch0`` and saves its end state (``stage<i>_done``)."""
+    cfg, net, weighting = run.cfg, run.net, run.weighting
+    model_lib.set_trainable(net, stage.freeze_backbone, stage.freeze_up_to)
+    fast = stage.freeze_backbone and cfg.train.cache_frozen_embeddings
+    print(f"stage {i}: {stage.epochs} epoch(s), lr {stage.lr}, freeze_backbone={stage.freeze_backbone}, "
+          f"freeze_up_to={stage.freeze_up_to}{', cached embeddings' if fast else ''}", flush=True)
+    fit = fit_inputs(run, stage)
+    steps = stage.steps_per_epoch or cfg.train.steps_per_epoch or max(1, fit.n_rows // cfg.data.batch_size)
+    with run.strategy.scope():
+        trainer = compile_trainer(fit, weighting, run.loss_fns, cfg, stage.lr, stage.epochs, steps,
+                                  seed=cfg.train.seed + i, jit_compile=cfg.train.jit_compile)
+    ckpt = run.run_dir / "checkpoints"
+    callbacks = stage_callbacks(weighting, run.tracker, [
+        *fit.callbacks,
+        BestModelSaver(net, run.run_dir / "best", cfg.train.monitor, run.info,
+                       _before_save(fit.sync, weighting, run.info)),
+        keras.callbacks.BackupAndRestore(str(ckpt / f"backup_stage{i}")),
+        CSVHistory(run.run_dir / "history.csv"),
+    ])
+    if cfg.train.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=monitor_mode(cfg.train.monitor)))
+    trainer.fit(fit.train, validation_data=fit.val, initial_epoch=epoch0, epochs=epoch0 + stage.epochs,
+                steps_per_epoch=steps, validation_steps=cfg.train.validation_steps or None,
+                callbacks=[*callbacks, *extra_callbacks], verbose=cfg.train.verbose, shuffle=False)
+    if fit.sync is not None:
+        fit.sync()
+    _save_state(net, weighting, ckpt / f"stage{i}_done")
+
+
+def _train(cfg, argv, tables, extra_callbacks) -> TrainResult:
+    run = _start_run(copy.deepcopy(cfg), argv, tables)
+    ckpt = run.run_dir / "checkpoints"
+    ckpt.mkdir(exist_ok=True)
     epoch0 = 0
-    for i, stage in enumerate(resolve_stages(cfg)):
+    for i, stage in enumerate(resolve_stages(run.cfg)):
         done = ckpt / f"stage{i}_done"
         if done.with_suffix(".weights.h5").exists():
-            _load_state(net, weighting, done)
+            _load_state(run.net, run.weighting, done)
             print(f"stage {i}: already finished, restored", flush=True)
-            epoch0 += stage.epochs
-            continue
-        model_lib.set_trainable(net, stage.freeze_backbone, stage.freeze_up_to)
-        fast = stage.freeze_backbone and cfg.train.cache_frozen_embeddings
-        print(f"stage {i}: {stage.epochs} epoch(s), lr {stage.lr}, freeze_backbone={stage.freeze_backbone}, "
-              f"freeze_up_to={stage.freeze_up_to}{', cached embeddings' if fast else ''}", flush=True)
-        callbacks: list[keras.callbacks.Callback] = []
-        if fast:
-            feats = embed_cache.feature_model(net)
-            plain = data.make_dataset(train_t, root, cfg, False, encoders)
-            tr = embed_cache.cached(run_dir / "embeddings" / "train.npz",
-                                    partial(embed_cache.extract, feats, plain, flip=cfg.train.cache_flip))
-            va = embed_cache.cached(run_dir / "embeddings" / "val.npz", partial(embed_cache.extract, feats, val_ds))
-            with strategy.scope():
-                fit_net = embed_cache.head_model(net, heads)
-            names = embed_cache.head_layer_names(net, heads)
-            sync = partial(embed_cache.copy_layer_weights, fit_net, net, names)
-            shard = distribute.dataset_options()
-            fit_train = embed_cache.to_dataset(tr, heads, bs, True, cfg.train.seed).repeat().with_options(shard)
-            fit_val = embed_cache.to_dataset(va, heads, bs, False).with_options(shard)
-            n_rows, prepare = len(tr["emb"]), None
         else:
-            fit_net, sync, fit_train, fit_val, n_rows = net, None, train_ds.repeat(), val_ds, len(train_t)
-            prepare = partial(_augment, cfg.augment)
-            callbacks.append(train_ds.bad_file_counter)
-        steps = stage.steps_per_epoch or cfg.train.steps_per_epoch or max(1, n_rows // bs)
-        with strategy.scope():
-            trainer = MultiTaskTrainer(fit_net, weighting, loss_fns, prepare, seed=cfg.train.seed + i)
-            opt = make_optimizer(cfg.train.optimizer, lr_schedule(stage.lr, stage.epochs, steps, cfg.train.warmup_epochs),
-                                 cfg.model.weight_decay)
-            trainer.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
-        callbacks = [LossWeightingCallback(weighting), LearningRateLogger(), *callbacks,
-                     BestModelSaver(net, best_dir, cfg.train.monitor, info, _before_save(sync, weighting, info)),
-                     keras.callbacks.BackupAndRestore(str(ckpt / f"backup_stage{i}")),
-                     CSVHistory(run_dir / "history.csv"), TrackingCallback(tracker)]
-        if cfg.train.early_stopping_patience > 0:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=monitor_mode(cfg.train.monitor)))
-        trainer.fit(fit_train, validation_data=fit_val, initial_epoch=epoch0, epochs=epoch0 + stage.epochs,
-                    steps_per_epoch=steps, validation_steps=cfg.train.validation_steps or None,
-                    callbacks=[*callbacks, *extra_callbacks], verbose=cfg.train.verbose, shuffle=False)
-        if sync is not None:
-            sync()
-        _save_state(net, weighting, done)
+            _fit_stage(run, i, stage, epoch0, extra_callbacks)
         epoch0 += stage.epochs
+    best = run.run_dir / "best" / "model.keras"
+    val_metrics = final_validation(best, run.val_ds, run.heads, run.weighting, run.loss_fns, run.tracker,
+                                   run.run_dir)
+    run.tracker.finish()
+    history = pd.read_csv(run.run_dir / "history.csv").to_dict(orient="list")
+    if not distribute.is_chief(run.strategy):  # a non-chief's copies were needed only while its collectives ran
+        shutil.rmtree(run.cfg.output_dir, ignore_errors=True)
+    print(f"done: best model {best}", flush=True)
+    return TrainResult(run.run_dir, best, history, val_metrics)
 
-    val_metrics = final_validation(best_dir / "model.keras", val_ds, heads, weighting, loss_fns, tracker, run_dir)
-    tracker.finish()
-    history = pd.read_csv(run_dir / "history.csv").to_dict(orient="list")
-    if not chief:  # a non-chief's copies were only needed while its collectives ran
-        shutil.rmtree(cfg.output_dir, ignore_errors=True)
-    print(f"done: best model {best_dir / 'model.keras'}", flush=True)
-    return TrainResult(run_dir, best_dir / "model.keras", history, val_metrics)
 
-
-def final_validation(model_path: Path, val_ds, heads, weighting, loss_fns, tracker: Tracker, run_dir: Path) -> dict[str, float]:
+def final_validation(model_path: Path, val_ds, heads, weighting, loss_fns, tracker: Tracker,
+                     run_dir: Path) -> dict[str, float]:
     """Evaluates the saved best model on val: metrics JSON, confusion PNGs, W&B table/images.
 
     One pass: a traced forward per batch, metrics updated eagerly (no second test_step trace).

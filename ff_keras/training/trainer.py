@@ -24,13 +24,6 @@ Prepare = Callable[[tf.Tensor, bool, tf.Tensor], tf.Tensor]
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
-def get_strategy(name: str, logical_devices: int = 0) -> tf.distribute.Strategy:
-    """Kept for callers of this module; the strategy logic lives in ``ff_keras.training.distribute``."""
-    from ff_keras.training import distribute
-
-    return distribute.get_strategy(name, logical_devices)
-
-
 def _step_logs(logs: dict) -> dict:
     """Keras 3.15 mean-reduces step logs over MultiWorkerMirroredStrategy replicas with
     ``reduce(axis=0)``, which fails on scalars; give them that axis there. (Epoch logs are
@@ -114,7 +107,7 @@ class MultiTaskTrainer(keras.Model):
             y_pred = self.net(x, training=True)
             per_head = losses_lib.head_losses(self._loss_fns, y, y_pred, sw)
             total = self.weighting.combine(per_head)
-            objective = total + tf.add_n([tf.cast(l, tf.float32) for l in self.net.losses] or [0.0])
+            objective = total + tf.add_n([tf.cast(r, tf.float32) for r in self.net.losses] or [0.0])
             # Each replica's gradients are summed, so scale by 1/replicas (no-op without distribution).
             objective = objective / tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(objective)
@@ -164,13 +157,6 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
             logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-
-def steps_for(n_rows: int, batch_size: int, steps_per_epoch: int) -> int:
-    """Steps per epoch: the configured number, else one pass over ``n_rows``."""
-    if n_rows <= 0:
-        raise ValueError("the training split is empty")
-    return steps_per_epoch if steps_per_epoch > 0 else math.ceil(n_rows / batch_size)
 
 
 def monitor_mode(monitor: str) -> str:

@@ -1,5 +1,5 @@
 """Measurements over composite photos: end-to-end speed per detector, and whether two
-detectors' crops of the same face lead to the same predicted labels (issue 10 items 5-6)."""
+detectors' crops of the same face lead to the same predicted labels."""
 
 from __future__ import annotations
 
@@ -11,15 +11,6 @@ import numpy as np
 
 from studies.composite import Composite, make_composite, match_faces, quad_iou
 from ff_keras.faces.detect import align, chip_quad, detect_faces
-
-
-def sample_crops(data_root: Path, n: int, seed: int = 0) -> list[Path]:
-    """``n`` distinct FairFace validation crops, drawn reproducibly."""
-    files = sorted((Path(data_root) / "fairface" / "val").glob("*.jpg"), key=lambda p: int(p.stem))
-    if len(files) < n:
-        raise ValueError(f"need {n} FairFace val crops under {data_root}, found {len(files)}")
-    idx = np.random.default_rng(seed).choice(len(files), size=n, replace=False)
-    return [files[i] for i in sorted(idx)]
 
 
 def make_photos(crops: Sequence[Path], faces_per_photo: tuple[int, int], seed: int = 0) -> list[Composite]:

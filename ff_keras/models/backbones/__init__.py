@@ -1,7 +1,8 @@
 """Backbone registry: name -> module path of a module exposing ``build`` and ``SPEC``.
 
 Each backbone module defines
-    SPEC: BackboneSpec  (input normalisation the weights expect, embedding width)
+    SPEC: BackboneSpec  (input normalisation the weights expect, embedding width;
+                         ``ff_keras.data.preprocess`` defines the contract and applies it)
     build(image_size: int, width: float = 1.0, embedding: str = "pooled") -> keras.Model
         mapping a *normalised* float image (B, H, W, 3) to a pooled embedding (B, D)
     stage_of(layer_name: str) -> int  (0 = stem, 1.. = residual stages) for staged freezing
@@ -11,21 +12,12 @@ Modules are imported lazily so that, e.g., serving never imports unused builders
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from types import ModuleType
 
+from ff_keras.data.preprocess import IMAGENET, BackboneSpec
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Preprocessing contract of a backbone's weights: x_norm = (x/scale - mean) / std."""
+__all__ = ["BACKBONES", "IMAGENET", "BackboneSpec", "get_backbone"]
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float  # divide raw 0-255 RGB by this first
-    embedding_dim: int
-
-
-IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=255.0)
 
 BACKBONES: dict[str, str] = {
     "resnet18": "ff_keras.models.backbones.resnet",

@@ -26,12 +26,11 @@ dlib semantics kept here, each checked in dlib's source:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import keras
 from keras import layers
 
-from ff_keras.models.backbones import BackboneSpec
+from ff_keras.data.preprocess import BackboneSpec
 
 # (filters, blocks, first block down-samples) for dlib's alevel4 .. alevel0.
 STAGES: tuple[tuple[int, int, bool], ...] = (
@@ -127,13 +126,6 @@ def build(
     if embedding == "descriptor":
         x = layers.Dense(DESCRIPTOR_DIM, use_bias=False, name="descriptor")(x)
     return keras.Model(inputs, x, name=name)
-
-
-def load_weights(model: keras.Model, path: Path) -> None:
-    """Hook used by ``ff_keras.models.multihead.load_pretrained``: strict load of a converted ``.npz``."""
-    from ff_keras.convert.dlib_weights import load_dlib_weights
-
-    load_dlib_weights(model, path)
 
 
 def stage_of(layer_name: str) -> int:

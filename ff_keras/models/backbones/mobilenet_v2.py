@@ -14,7 +14,7 @@ import re
 import keras
 from keras import layers
 
-from ff_keras.models.backbones import IMAGENET, BackboneSpec
+from ff_keras.data.preprocess import IMAGENET, BackboneSpec
 
 SPEC = BackboneSpec(**IMAGENET, embedding_dim=1280)
 # torchvision's inverted_residual_setting: expansion t, channels c, repeats n, stride s.

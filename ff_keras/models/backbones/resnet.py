@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from ff_keras.models.backbones import IMAGENET, BackboneSpec
+from ff_keras.data.preprocess import IMAGENET, BackboneSpec
 
 SPEC = BackboneSpec(**IMAGENET, embedding_dim=512)
 # Blocks per stage; ``ff_keras.models.multihead`` passes ``VARIANTS[name]`` to ``build``.
