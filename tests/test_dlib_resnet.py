@@ -188,3 +188,15 @@ def test_build_model_path_matches_dlib_from_raw_pixels(weights):
     set_trainable(model, freeze_backbone=False, freeze_up_to=3)
     frozen = {la.name for la in get_backbone_model(model).layers if not la.trainable}
     assert "stage2_block3_conv2" in frozen and "stage3_block0_conv1" not in frozen
+
+
+def test_configs_pin_the_file_the_converter_writes(weights):
+    """Converting the .dat gives exactly the file the configs name; a missing one says how to make it."""
+    from ff_keras.config import load_config
+    from ff_keras.convert.pretrained import resolve_weights
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("default", "dlib_full"):
+        assert Path(load_config(repo / "configs" / f"{name}.yaml").model.weights).name == weights.name
+    with pytest.raises(FileNotFoundError, match=r"weights/missing\.npz.*python scripts/convert_weights\.py dlib"):
+        resolve_weights("weights/missing.npz", "dlib_resnet")
