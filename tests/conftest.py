@@ -45,4 +45,6 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def fairface_images(data_root) -> list[Path]:
     """A fixed handful of real FairFace validation crops."""
-    return [data_root / "fairface" / "val" / f"{i}.jpg" for i in range(1, 17)]
+    from ff_keras.data.crops import fairface_val_crops
+
+    return fairface_val_crops(data_root, 16)
