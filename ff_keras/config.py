@@ -64,7 +64,7 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "mobilenet_v2"  # key of ff_keras.backbones.BACKBONES
+    backbone: str = "mobilenet_v2"  # key of ff_keras.models.backbones.BACKBONES
     weights: Optional[str] = None  # converted backbone weights (.npz / .weights.h5), or None
     embedding: str = "pooled"  # dlib_resnet: "pooled" (256-d) | "descriptor" (128-d)
     embed_dim: int = 512

@@ -41,6 +41,14 @@ SOURCE_HEADS: dict[str, tuple[str, ...]] = {
     "fairface": ("age", "gender", "race"),
     "utkface": ("age", "gender", "race_utk", "age_years"),
 }
+# Column of the canonical table (``data.readers``) that holds each head's label.
+HEAD_COLUMNS: dict[str, str] = {
+    "age": "age_bin",
+    "gender": "gender",
+    "race": "race",
+    "race_utk": "race",
+    "age_years": "age_years",
+}
 # Layout of the FairFace authors' 18-way fc: race 7, gender 2, age 9.
 SOURCE_HEAD_ORDER: tuple[str, ...] = ("race", "gender", "age")
 
@@ -54,6 +62,29 @@ def age_to_bin(age_years: float) -> str:
         raise ValueError(f"age must be a non-negative number of years, got {age_years!r}")
     idx = int(np.searchsorted(_AGE_BIN_EDGES, age_years, side="right"))
     return AGE_BINS[idx]
+
+
+def label_column(head: str) -> str:
+    """The table column holding ``head``'s label; an unknown head raises, naming it."""
+    if head not in HEAD_COLUMNS:
+        raise ValueError(f"unknown head {head!r}; known: {sorted(HEAD_COLUMNS)}")
+    return HEAD_COLUMNS[head]
+
+
+def labelled_mask(table, head: str) -> np.ndarray:
+    """Rows of a canonical table that carry a label for ``head``: their source labels it
+    (``SOURCE_HEADS``) and the value is present.
+
+    Raises:
+        ValueError: naming any source that is not in ``SOURCE_HEADS`` (a table from a reader
+            this schema does not know must not be silently treated as unlabelled).
+    """
+    column = label_column(head)
+    unknown = sorted(set(table["source"]) - set(SOURCE_HEADS))
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown} in table; known: {sorted(SOURCE_HEADS)}")
+    mask = table["source"].map(lambda s: head in SOURCE_HEADS[s]).to_numpy(bool)
+    return mask & table[column].notna().to_numpy(bool)
 
 
 def head_slices(order: Sequence[str] = SOURCE_HEAD_ORDER) -> dict[str, slice]:

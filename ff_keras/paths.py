@@ -1,4 +1,5 @@
-"""Where the repository is, so configured relative paths work from any working directory."""
+"""Where things are: the repository (so configured relative paths work from any working
+directory) and dlib's model files."""
 
 from __future__ import annotations
 
@@ -11,3 +12,14 @@ def repo_path(path: str | Path) -> Path:
     """``path`` unchanged if absolute, else taken relative to the repository root."""
     p = Path(path)
     return p if p.is_absolute() else REPO / p
+
+
+def face_models_dir() -> Path:
+    """Folder of dlib's model files shipped by the ``face-recognition-models`` pip package."""
+    import importlib.util
+
+    # find_spec, not import: the package's __init__ needs pkg_resources, gone from new setuptools.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("pip package face-recognition-models is not installed")
+    return Path(spec.origin).parent / "models"

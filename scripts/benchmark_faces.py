@@ -14,12 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.datasets import resolve_data_root
+from ff_keras.data.readers import resolve_data_root
 from ff_keras.faces.detect import DETECTORS, MIN_FACE
-from ff_keras.faces.study import benchmark, make_photos, sample_crops
+from ff_keras.data.crops import fairface_val_crops
 from ff_keras.machine import describe, machine_facts
+from studies.faces import benchmark, make_photos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    from ff_keras.predictor import load_predictor
+    from ff_keras.inference.predictor import load_predictor
 
     predictor = load_predictor(args.model, threads=args.threads, batch_size=args.batch_size)
     n_faces = args.photos * (args.faces[0] + args.faces[1]) // 2
-    photos = make_photos(sample_crops(resolve_data_root(), n_faces, args.seed), tuple(args.faces), args.seed)
+    photos = make_photos(fairface_val_crops(resolve_data_root(), n_faces, args.seed), tuple(args.faces), args.seed)
     photos = photos[: args.photos]
     results = benchmark(photos, predictor, args.detectors, args.min_face, args.batch_size)
     doc = {"model": args.model, "backend": predictor.backend, "min_face": args.min_face,

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.modules.setdefault("triton", None)  # triton segfaults when loaded after TensorFlow
 
 from ff_keras.machine import describe, machine_facts  # noqa: E402
@@ -45,7 +44,7 @@ def keras_inference(batch: int, size: int, steps: int, warmup: int) -> float:
     import tensorflow as tf
 
     from ff_keras.config import load_config
-    from ff_keras.model import build_model
+    from ff_keras.models.multihead import build_model
 
     model = build_model(load_config(None, ["model.backbone=resnet34", f"data.image_size={size}"]))
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32"))
@@ -81,7 +80,7 @@ def keras_train_step(backbone: str, batch: int, size: int, steps: int, warmup: i
 
     from ff_keras import labels
     from ff_keras.config import load_config
-    from ff_keras.model import build_model
+    from ff_keras.models.multihead import build_model
 
     model = build_model(load_config(None, [f"model.backbone={backbone}", f"data.image_size={size}"]))
     sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

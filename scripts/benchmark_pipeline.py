@@ -1,7 +1,7 @@
 """Input-pipeline benchmark: tf.data vs the JPEG decode limit vs a PIL loop.
 
 Per dataset (FairFace 224 px crops, UTKFace 200 px crops), all at --image-size:
-  (a) pipeline_img_s       ff_keras.data.make_dataset(training=True): read + decode + square
+  (a) pipeline_img_s       ff_keras.data.pipeline.make_dataset(training=True): read + decode + square
                            crop/resize + batch + prefetch, uint8 out
   eval_pipeline_img_s      (a) with training=False: no shuffle, no skip-and-count of bad files
   (b) decode_limit_img_s   read_file + tf.io.decode_jpeg alone, same parallelism and options
@@ -22,21 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
-from ff_keras import datasets, preprocess
-from ff_keras.augment import augment_batch
+from ff_keras.data import readers as datasets, preprocess
+from ff_keras.data.augment import augment_batch
 from ff_keras.config import load_config
-from ff_keras.data import make_dataset, parallel_calls, pipeline_options
+from ff_keras.data.pipeline import make_dataset, parallel_calls, pipeline_options
 from ff_keras.machine import describe, machine_facts
 
 

@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras import robustness, splits
-from ff_keras.datasets import resolve_data_root
+from ff_keras.evaluation import robustness
+from ff_keras.splits import build as splits
+from ff_keras.data.readers import resolve_data_root
 from ff_keras.machine import describe, machine_facts
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    from ff_keras.predictor import load_predictor
+    from ff_keras.inference.predictor import load_predictor
 
     predictor = load_predictor(args.model, threads=args.threads)
     table = splits.load_split(args.manifests, ["fairface"], args.split)

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import uvloop
 
-from ff_keras.datasets import resolve_data_root
-from ff_keras.export import parity_image_paths
+from ff_keras.data.readers import resolve_data_root
+from ff_keras.data.crops import fairface_val_crops
+from studies.throughput import images_per_second
+from ff_keras.inference.predictor import load_images, load_predictor
+from studies.loadtest import load_test, running_server
 from ff_keras.machine import describe, machine_facts
-from ff_keras.predictor import images_per_second, load_images, load_predictor
-from ff_keras.serve.loadtest import load_test, running_server
 
 HTTP_SETUPS = {
     "batching_on_1_worker": ["--workers", "1"],
@@ -55,7 +54,8 @@ def inference_speed(model_dir: Path, images: np.ndarray, threads: int | None, re
     curve = {b: images_per_second(onnx, images, b, repeats) for b in (1, 2, 4, 8, 16, 32)}
     out = {}
     for batch in (1, 32):
-        row = {"onnxruntime": curve[batch], **{n: images_per_second(r, images, batch, repeats) for n, r in others.items()}}
+        row = {"onnxruntime": curve[batch],
+               **{n: images_per_second(r, images, batch, repeats) for n, r in others.items()}}
         row["ort_vs_keras_predict"] = row["onnxruntime"] / row["keras_predict"]
         row["ort_vs_keras_call"] = row["onnxruntime"] / row["keras_call"]
         out[f"batch{batch}_img_s"] = row
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = Path(args.model_dir)
     info = json.loads((model_dir / "model_info.json").read_text())
-    paths = parity_image_paths(resolve_data_root(), args.images)
+    paths = fairface_val_crops(resolve_data_root(), args.images)
     result: dict = {
         "model_dir": str(model_dir), "image_size": info["image_size"], "backbone": info["backbone"],
         "settings": vars(args),
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         result["inference"] = inference_speed(model_dir, images, args.threads or None, args.repeats)
         print(json.dumps(result["inference"], indent=2), flush=True)
     if not args.skip_http:
-        extra = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--threads", str(args.threads)]
+        extra = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                 "--threads", str(args.threads)]
         extra += ["--ort-spinning"] if args.ort_spinning else []
         log_dir = Path(args.json).resolve().parent
         log_dir.mkdir(parents=True, exist_ok=True)

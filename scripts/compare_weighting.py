@@ -9,12 +9,10 @@ Writes ``<out>/results.md`` + ``results.json``; each method is a W&B run in one 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.compare_weighting import METHODS, compare
+from studies.weighting import METHODS, compare
 from ff_keras.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

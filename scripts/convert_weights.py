@@ -7,7 +7,7 @@ torchvision layout (``.pth`` state dict, or the FairFace authors' ResNet-34 chec
     python scripts/convert_weights.py torchvision --backbone resnet34 --fc-heads \\
         --input res34_fair_align_multi_7_20190809.pt
 
-Each conversion is strict (``ff_keras.convert``), is read back from the written file, and
+Each conversion is strict (``ff_keras.convert.torchvision``), is read back from the written file, and
 with ``--verify`` (default on) is checked against torchvision itself on real face crops
 (max abs difference <= ``PARITY_ATOL``). torch is needed here only, never for training.
 To add a converter, write ``add_<name>_args(parser)`` + ``run_<name>(args) -> Path`` and add
@@ -21,7 +21,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # triton (CUDA-only torch dependency) segfaults when loaded after TensorFlow; CPU torch
 # never needs it, so block it before torch loads.
 sys.modules.setdefault("triton", None)
@@ -30,8 +29,13 @@ import numpy as np
 
 from ff_keras import labels
 from ff_keras.config import load_config
-from ff_keras.convert import convert_state_dict, load_backbone_weights, load_converted, save_converted
-from ff_keras.model import build_backbone, build_model
+from ff_keras.convert.torchvision import (
+    convert_state_dict,
+    load_backbone_weights,
+    load_converted,
+    save_converted,
+)
+from ff_keras.models.multihead import build_backbone, build_model
 
 PARITY_ATOL = 1e-4  # float32 round-off of a 34-layer net; a wrong transpose is off by O(1)
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # torchvision's ImageNet heads, dropped for backbones
@@ -66,21 +70,25 @@ def verify_against_torch(backbone: str, state: dict[str, np.ndarray], keras_fn: 
     """Max abs difference between torchvision and Keras on real face crops; raises above PARITY_ATOL."""
     import torch
     import torchvision
-    from make_parity_fixture import face_images, normalize
+
+    from ff_keras.data.crops import fairface_val_crops, read_crops
+    from ff_keras.data.preprocess import imagenet_spec, normalize_np
+    from ff_keras.data.readers import resolve_data_root
 
     head = "fc" if backbone.startswith("resnet") else "classifier.1"
     n_out = state[f"{head}.weight"].shape[0]
     net = getattr(torchvision.models, backbone)(weights=None, num_classes=n_out)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     net.eval()
-    images = face_images(n_images, image_size)
+    images = np.stack(read_crops(fairface_val_crops(resolve_data_root(), n_images), image_size))
     with torch.no_grad():
         if not fc_heads:  # compare the pooled embedding
             if backbone.startswith("resnet"):
                 net.fc = torch.nn.Identity()
             else:
                 net.classifier = torch.nn.Identity()
-        want = net(normalize(images)).numpy()
+        x = torch.from_numpy(normalize_np(images, imagenet_spec())).permute(0, 3, 1, 2).contiguous()
+        want = net(x).numpy()
     got = keras_fn(images.astype(np.float32))
     diff = float(np.abs(want - got).max())
     if not diff <= PARITY_ATOL:
@@ -98,7 +106,7 @@ def add_torchvision_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_torchvision(args: argparse.Namespace) -> Path:
-    from ff_keras.model import normalization_layer
+    from ff_keras.models.multihead import normalization_layer
 
     state = load_torch_state(args.input)
     stem = f"{args.backbone}_{args.input.stem}"
@@ -136,8 +144,9 @@ def add_dlib_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_dlib(args: argparse.Namespace) -> Path:
-    """dlib's face-recognition ResNet (pure-numpy reader, ff_keras.convert_dlib); verified against dlib."""
-    from ff_keras.convert_dlib import convert_dlib_model, default_dat_path, verify_against_dlib
+    """dlib's face-recognition ResNet (pure-numpy reader, ff_keras.convert.dlib_weights); verified against dlib."""
+    from ff_keras.convert.dlib_weights import convert_dlib_model
+    from ff_keras.convert.dlib_reference import default_dat_path, verify_against_dlib
 
     path = convert_dlib_model(args.input or default_dat_path(), args.out_dir)
     print(f"✅ wrote {path} (5,607,488 parameters, affines folded into the convs)")
@@ -154,7 +163,6 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable
 
 
 def main(argv: list[str] | None = None) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # make_parity_fixture helpers
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, _) in SUBCOMMANDS.items():

@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.datasets import resolve_data_root
+from ff_keras.data.readers import resolve_data_root
 from ff_keras.faces.detect import DETECTORS, MIN_FACE
-from ff_keras.faces.study import detector_agreement, make_photos, sample_crops
+from ff_keras.data.crops import fairface_val_crops
+from studies.faces import detector_agreement, make_photos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    from ff_keras.predictor import load_predictor
+    from ff_keras.inference.predictor import load_predictor
 
     predictor = load_predictor(args.model)
-    photos = make_photos(sample_crops(resolve_data_root(), args.faces, args.seed), (3, 3), args.seed)
+    photos = make_photos(fairface_val_crops(resolve_data_root(), args.faces, args.seed), (3, 3), args.seed)
     result = {"model": args.model, **detector_agreement(photos, predictor, tuple(args.detectors), args.min_face)}
     print(json.dumps(result, indent=2))
     if args.json:

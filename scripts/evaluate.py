@@ -4,7 +4,7 @@
         [--config configs/x.yaml] [--tta flip] [--fit-temperature] [--wandb-run-id ID] [--limit N] \
         [key.sub=value ...]
 
---model takes a .keras file, a SavedModel directory or an .onnx file (ff_keras.predictor).
+--model takes a .keras file, a SavedModel directory or an .onnx file (ff_keras.inference.predictor).
 --fit-temperature fits per-head temperatures on the val split and writes them into the
 model's model_info.json before the test split is scored.
 """
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras import eval_pipeline, report
+from ff_keras.evaluation import run as eval_pipeline, report
 from ff_keras.config import load_config
 
 

@@ -14,10 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.datasets import resolve_data_root
-from ff_keras.export import N_PARITY, OPSET, export_checkpoint, parity_image_paths
+from ff_keras.data.readers import resolve_data_root
+from ff_keras.inference.export import N_PARITY, OPSET, export_checkpoint
+from ff_keras.data.crops import fairface_val_crops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(r["max_abs"] for r in report.parity[fmt].values())
         print(f"✅ {fmt}: {path} (max abs diff {worst:.2e} on {report.n_parity_images} faces, argmax 100%)")
     if args.int8:
-        from ff_keras.predictor import load_images
-        from ff_keras.quantize import compare_int8, quantize_onnx
-        from ff_keras.splits import load_split
+        from ff_keras.inference.predictor import load_images
+        from studies.int8 import compare_int8
+        from ff_keras.inference.quantize import quantize_onnx
+        from ff_keras.splits.build import load_split
 
         onnx_path = Path(args.out) / "model.onnx"
         size = json.loads((Path(args.out) / "model_info.json").read_text())["image_size"]
-        calib = load_images(parity_image_paths(root, max(args.parity_images, 128)), size)
+        calib = load_images(fairface_val_crops(root, max(args.parity_images, 128)), size)
         int8_path = quantize_onnx(onnx_path, Path(args.out) / "model.int8.onnx", args.int8_mode, calib)
         table = load_split(args.manifests, ["fairface", "utkface"], args.int8_split)
         if args.int8_limit:

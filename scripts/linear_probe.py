@@ -1,6 +1,6 @@
 """Frozen linear probe of the dlib face backbone on FairFace validation images.
 
-    python scripts/linear_probe.py [--n 0] [--weights weights/dlib_resnet_*.npz] [--json OUT]
+    python scripts/linear_probe.py [--n 0] [--weights FILE.npz] [--json OUT]
 
 Measures how much of each attribute the frozen identity features already encode. Protocol:
 crops resized to 150 px, frozen Keras dlib_resnet features (pooled 256-d and the 128-d
@@ -11,12 +11,9 @@ FairFace val, accuracy on the 15 % test part.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -24,31 +21,35 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ff_keras.backbones import dlib_resnet
-from ff_keras.convert_dlib import load_dlib_weights, normalise
-from ff_keras.datasets import read_fairface, resolve_data_root
-from ff_keras.predictor import load_images
+from ff_keras.models.backbones import dlib_resnet
+from ff_keras.config import load_config
+from ff_keras.convert.pretrained import resolve_weights
+from ff_keras.convert.weight_files import read_weights
+from ff_keras.convert.dlib_weights import load_dlib_weights
+from ff_keras.data.preprocess import normalize_np
+from ff_keras.data.readers import read_fairface, resolve_data_root
+from ff_keras.inference.predictor import load_images
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=0, help="images (0 = all 10,954 validation images)")
-    ap.add_argument("--weights", default="weights/dlib_resnet_*.npz")
+    ap.add_argument("--weights", default=None, help="converted dlib weights (default: configs/default.yaml's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    matches = sorted(glob.glob(args.weights))
-    if not matches:
-        sys.exit(f"no weights match {args.weights}; run: python scripts/convert_weights.py dlib")
+    weights = resolve_weights(args.weights or load_config(DEFAULT_CONFIG).model.weights, "dlib_resnet")
     root = resolve_data_root()
     table, _ = read_fairface(root)
     table = table[table.rel_path.str.startswith("fairface/val/")].sample(frac=1.0, random_state=0)
     table = (table.head(args.n) if args.n else table).reset_index(drop=True)
     model = dlib_resnet.build(150)
-    load_dlib_weights(model, Path(matches[-1]))
-    with np.load(matches[-1]) as w:
-        to_descriptor = w["descriptor/kernel"]
+    load_dlib_weights(model, weights)
+    to_descriptor = read_weights(weights)["descriptor/kernel"]
     pooled = np.concatenate([
-        model.predict(normalise(load_images([root / p for p in table.rel_path[i : i + 64]], 150)), verbose=0)
+        model.predict(normalize_np(load_images([root / p for p in table.rel_path[i : i + 64]], 150), dlib_resnet.SPEC),
+                      verbose=0)
         for i in range(0, len(table), 64)
     ])
     features = {"pooled_256": pooled, "descriptor_128": pooled @ to_descriptor}

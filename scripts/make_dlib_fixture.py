@@ -3,23 +3,21 @@
     python scripts/make_dlib_fixture.py [--n 8] [--out tests/fixtures/dlib_parity.npz]
 
 The chips come from FairFace val crops (data root: ``FF_DATA_ROOT`` or ../shared/data)
-aligned by dlib (``ff_keras.convert_dlib.dlib_reference``). With the fixture the Keras
+aligned by dlib (``ff_keras.convert.dlib_weights.dlib_reference``). With the fixture the Keras
 port can be checked where dlib itself is not installed; only the pip ``.dat`` is needed.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from PIL import Image
 
-from ff_keras.convert_dlib import dlib_reference
-from ff_keras.datasets import resolve_data_root
+from ff_keras.convert.dlib_reference import dlib_reference
+from ff_keras.data.readers import resolve_data_root
 
 # Byte-identical pair in FairFace val (data README): the same image twice.
 SAME_IMAGE_PAIR = ("val/2842.jpg", "val/7881.jpg")

@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # triton (CUDA-only torch dependency) segfaults when loaded after TensorFlow; CPU torch
 # never needs it, so block it before torch loads.
 sys.modules.setdefault("triton", None)
@@ -23,12 +22,12 @@ sys.modules.setdefault("triton", None)
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from ff_keras import labels
-from ff_keras.backbones import IMAGENET
-from ff_keras.datasets import resolve_data_root
+from ff_keras.data.crops import fairface_val_crops, read_crops
+from ff_keras.data.preprocess import imagenet_spec, normalize_np
+from ff_keras.data.readers import resolve_data_root
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 BLOCKS, SIZE = (2, 2, 2, 2), 64
@@ -83,16 +82,13 @@ def randomize_batchnorm(model: torch.nn.Module, images: torch.Tensor, seed: int)
 
 def normalize(images_uint8: np.ndarray) -> torch.Tensor:
     """Raw RGB NHWC 0-255 -> torch's ImageNet-normalised NCHW float32 (the torchvision recipe)."""
-    x = images_uint8.astype(np.float32) / np.float32(IMAGENET["scale"])
-    x = (x - np.float32(IMAGENET["mean"])) / np.float32(IMAGENET["std"])
-    return torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+    x = normalize_np(images_uint8, imagenet_spec())
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
 def face_images(n: int, size: int) -> np.ndarray:
     """The first ``n`` FairFace val crops, resized with PIL bilinear, uint8 NHWC."""
-    root = resolve_data_root() / "fairface" / "val"
-    return np.stack([np.asarray(Image.open(root / f"{i}.jpg").convert("RGB").resize((size, size), Image.BILINEAR))
-                     for i in range(1, n + 1)])
+    return np.stack(read_crops(fairface_val_crops(resolve_data_root(), n), size))
 
 
 def torch_net(arch: str, width: float, num_classes: int) -> torch.nn.Module:

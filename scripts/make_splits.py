@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
 
-from ff_keras import datasets, identity, leakage, split_report, splits
-from ff_keras.grouping import GroupingParams
+from ff_keras.data import readers as datasets
+from ff_keras.splits import identity, leakage, report as split_report, build as splits
+from ff_keras.splits.grouping import GroupingParams
 
 REPO = Path(__file__).resolve().parents[1]
 PARTIAL = "INTERIM: not yet in identity cache"
@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--extend", default=None, metavar="BASE",
                     help="manifest folder to extend: its rows keep their splits, new images join train")
     ap.add_argument("--report-name", default="leakage", help="stem of the report files in --reports")
-    ap.add_argument("--keras-descriptors", default=None, nargs="?", const="weights/dlib_resnet_55d57cb3.npz",
+    ap.add_argument("--keras-descriptors", default=None, nargs="?", const="weights/dlib_resnet_2334b743.npz",
                     metavar="NPZ", help="compute missing descriptors with the Keras dlib network (converted weights)")
     ap.add_argument("--partial", action="store_true",
                     help="interim run: leave out images not yet in the cache (listed as dropped; tests fail)")
@@ -66,7 +66,8 @@ def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.time()
-    params = GroupingParams(args.identity_threshold, args.mutual_threshold, args.mutual_k, args.dhash_bits, args.max_group)
+    params = GroupingParams(args.identity_threshold, args.mutual_threshold, args.mutual_k, args.dhash_bits,
+                            args.max_group)
     root = datasets.resolve_data_root(args.data_root)
     frames, read_reports = [], []
     for reader in datasets.READERS.values():
@@ -82,9 +83,13 @@ def main() -> int:
         not_cached = [{"rel_path": p, "reason": PARTIAL, "duplicate_of": ""} for p in table.loc[~cached, "rel_path"]]
         table = table.loc[cached].reset_index(drop=True)
         step(f"⚠️ --partial: {len(not_cached)} images not yet in the identity cache are left out", t0)
-    keras_weights = REPO / args.keras_descriptors if args.keras_descriptors else None
+    describe = None
+    if args.keras_descriptors:
+        from ff_keras.convert.dlib_reference import BatchedDescriptor
+
+        describe = BatchedDescriptor(REPO / args.keras_descriptors)
     emb = identity.compute_embeddings(root, table["rel_path"].tolist(), Path(args.cache).expanduser(),
-                                      keras_weights=keras_weights)
+                                      describe_chips=describe)
     step(f"identity cache: {len(table)} images ({emb['detected'].mean():.1%} with a HOG detection)", t0)
 
     if args.extend:
@@ -100,7 +105,8 @@ def main() -> int:
     else:
         manifest, dropped, info = splits.build_manifest(table, emb, params, args.fractions, args.seed)
     params = dataclasses.replace(params, identity_threshold=info["identity_threshold"])
-    step(f"grouped at t = {params.identity_threshold}: {info}; dropped {dropped['reason'].value_counts().to_dict()}", t0)
+    dropped_by_reason = dropped["reason"].value_counts().to_dict()
+    step(f"grouped at t = {params.identity_threshold}: {info}; dropped {dropped_by_reason}", t0)
     for path in splits.write_manifests(manifest, args.out):
         step(f"✅ wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}", t0)
 
@@ -125,8 +131,8 @@ def main() -> int:
         "study": study, "leakage": leak,
     }
     if args.extend:
-        result["extension"] = {"base": args.extend, **{k: info[k] for k in ("new_rows", "new_rows_added", "grouping_rounds")},
-                               "excluded": info["dropped"]}
+        counts = {k: info[k] for k in ("new_rows", "new_rows_added", "grouping_rounds")}
+        result["extension"] = {"base": args.extend, **counts, "excluded": info["dropped"]}
     result["rationale"] = split_report.rationale(study, params, info["largest_by_threshold"])
     out = Path(args.reports)
     split_report.plot_study(study, params, out / f"{args.report_name}_distances.png")

@@ -4,7 +4,7 @@
         [--config configs/smoke.yaml] [--json out.json] [key.sub=value ...]
 
 Every layout runs ``scripts/train.py`` in fresh processes on the same 8 rows with the
-randomness that depends on the layout switched off (``ff_keras.distribute_smoke.COMPARE``;
+randomness that depends on the layout switched off (``studies.multiworker.COMPARE``;
 extra overrides go after it). Multi-worker runs two processes with TF_CONFIG on free
 127.0.0.1 ports (worker 0 = chief). Exit status 1 if a loss differs from the single-device
 run by more than --atol.
@@ -18,9 +18,8 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras.distribute_smoke import COMPARE, LAYOUTS, SMOKE, compare
+from studies.multiworker import COMPARE, LAYOUTS, SMOKE, compare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     layouts = list(dict.fromkeys(["none", *args.layouts]))  # the reference always runs
     results = compare(Path(args.out).resolve(), layouts, [*COMPARE, *args.overrides], args.timeout, Path(args.config))
     ok = True
-    print(f"{'layout':<13} {'replicas':>8} {'per-replica':>11} {'step-1 loss':>12} {'step-2 loss':>12} {'max |diff|':>10}")
+    print(f"{'layout':<13} {'replicas':>8} {'per-replica':>11} {'step-1 loss':>12} {'step-2 loss':>12} "
+          f"{'max |diff|':>10}")
     for name, r in results.items():
         d = r["distribute"]
         diff = max(r["abs_diff_vs_none"])

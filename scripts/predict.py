@@ -17,7 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ff_keras.faces.analyze import DETECTOR_ALIASES, analyze, expand_inputs, format_table, write_annotated
 from ff_keras.faces.detect import DEFAULT_DETECTOR, MIN_FACE
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    from ff_keras.predictor import load_predictor
+    from ff_keras.inference.predictor import load_predictor
 
     try:
         predictor = load_predictor(args.model, batch_size=args.batch_size)

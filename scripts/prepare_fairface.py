@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ff_keras import fairface_layout
+from ff_keras.data import fairface_layout
 
 
 def main() -> int:

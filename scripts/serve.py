@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ff_keras.serve.app import ServeSettings
 
@@ -34,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="let idle ORT threads busy-wait (lower latency on dedicated cores; off by default)")
     ap.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20)
     ap.add_argument("--max-pixels", type=int, default=d.max_pixels)
-    ap.add_argument("--detector", default=d.detector, help='face detector for ?detect=true ("none", "dlib_hog", "mtcnn", ...)')
+    ap.add_argument("--detector", default=d.detector,
+                    help='face detector for ?detect=true ("none", "dlib_hog", "mtcnn", ...)')
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
 

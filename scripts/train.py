@@ -12,10 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ff_keras.config import load_config
-from ff_keras.train import train
+from ff_keras.training.run import train
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd
 
-from ff_keras import datasets, splits, validate
+from ff_keras.data import readers as datasets, image_check as validate
+from ff_keras.splits import build as splits
 from ff_keras.config import load_config
 
 

@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    from ff_keras.datasets import resolve_data_root
+    from ff_keras.data.readers import resolve_data_root
 
     root = resolve_data_root()
     if not (root / "fairface").is_dir():
@@ -45,4 +45,6 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def fairface_images(data_root) -> list[Path]:
     """A fixed handful of real FairFace validation crops."""
-    return [data_root / "fairface" / "val" / f"{i}.jpg" for i in range(1, 17)]
+    from ff_keras.data.crops import fairface_val_crops
+
+    return fairface_val_crops(data_root, 16)

@@ -20,7 +20,7 @@ def tiny_checkpoint(folder: Path, policy: str | None = None) -> Path:
     import keras
 
     from ff_keras.config import load_config
-    from ff_keras.model import build_model
+    from ff_keras.models.multihead import build_model
     from ff_keras.model_info import ModelInfo, save_info
 
     cfg = load_config(REPO / "configs" / "smoke.yaml")
@@ -45,10 +45,11 @@ def tiny_checkpoint(folder: Path, policy: str | None = None) -> Path:
 
 def tiny_export(folder: Path, data_root: Path, formats=("onnx",), n_images: int = 64) -> Path:
     """Checkpoint + export of ``formats`` into ``folder/export``; returns the export folder."""
-    from ff_keras.export import export_model, load_checkpoint, parity_image_paths
-    from ff_keras.predictor import load_images
+    from ff_keras.inference.export import export_model, load_checkpoint
+    from ff_keras.data.crops import fairface_val_crops
+    from ff_keras.inference.predictor import load_images
 
     model, info = load_checkpoint(tiny_checkpoint(folder / "ckpt"))
-    images = load_images(parity_image_paths(data_root, n_images), info.image_size)
+    images = load_images(fairface_val_crops(data_root, n_images), info.image_size)
     export_model(model, info, folder / "export", images, formats=formats)
     return folder / "export"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ff_keras import data
-from ff_keras.augment import augment_batch
+from ff_keras.data import pipeline as data
+from ff_keras.data.augment import augment_batch
 from ff_keras.config import AugmentConfig
 
 SEED = tf.constant([3, 4], tf.int64)

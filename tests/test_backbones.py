@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from ff_keras.backbones import get_backbone
-from ff_keras.model import build_backbone
+from ff_keras.models.backbones import get_backbone
+from ff_keras.models.multihead import build_backbone
 
 # Trainable parameters of torchvision's models without their ImageNet classifier.
 TORCHVISION_PARAMS = {"resnet18": 11_176_512, "resnet34": 21_284_672, "mobilenet_v2": 2_223_872}

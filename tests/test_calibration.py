@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from ff_keras import calibration as C
+from ff_keras.evaluation import calibration as C
 from ff_keras.model_info import ModelInfo, load_info, save_info
 
 

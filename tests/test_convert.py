@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 sys.modules.setdefault("triton", None)  # triton segfaults when loaded after TensorFlow
 
 from ff_keras import labels
 from ff_keras.config import load_config
-from ff_keras.convert import (
+from ff_keras.convert.torchvision import (
     ConversionError,
     convert_state_dict,
     load_backbone_weights,
     load_converted,
     save_converted,
-    weights_digest,
 )
-from ff_keras.model import build_backbone, build_model, get_backbone_model
+from ff_keras.convert.pretrained import build_pretrained
+from ff_keras.convert.weight_files import weights_digest
+from ff_keras.models.multihead import build_backbone, build_model, get_backbone_model
 
 FIXTURES = {arch: REPO / "tests" / "fixtures" / f"parity_{arch}_tiny.npz" for arch in ("resnet18", "mobilenet_v2")}
 GOLDEN_ATOL = 1e-4  # torch vs Keras float32 on a stored tensor (timm's atol)
@@ -113,7 +113,7 @@ def test_save_and_load_round_trip_and_build_model_loader(golden, tmp_path):
     assert path.name == f"tiny-{weights_digest(report.weights)[:8]}.npz"
     # Through the config: model.weights loads the backbone, load_converted the heads too.
     size, width = int(golden["image_size"]), float(golden["width"])
-    fresh = build_model(fairface_layout("resnet18", size, f"model.width={width}", f"model.weights={path}"))
+    fresh = build_pretrained(fairface_layout("resnet18", size, f"model.width={width}", f"model.weights={path}"))
     load_converted(fresh, path)
     images = golden["images"].astype(np.float32)
     np.testing.assert_allclose(concat_heads(fresh.predict_on_batch(images)), golden["logits"], atol=GOLDEN_ATOL)
@@ -182,7 +182,7 @@ def test_mobilenet_v2_imagenet_parity_logits_and_top5(torch_modules, faces):
     from convert_weights import load_torch_state
     from make_parity_fixture import normalize
 
-    from ff_keras.model import normalization_layer
+    from ff_keras.models.multihead import normalization_layer
 
     pth = _mobilenet_weights()
     state = load_torch_state(pth)
@@ -198,7 +198,9 @@ def test_mobilenet_v2_imagenet_parity_logits_and_top5(torch_modules, faces):
     pooled = backbone.predict_on_batch(normalization_layer("mobilenet_v2")(faces.astype(np.float32)))
     got = pooled @ state["classifier.1.weight"].T + state["classifier.1.bias"]
     np.testing.assert_allclose(got, want, atol=PARITY_ATOL, rtol=0)
-    top5 = lambda z: np.argsort(-z, axis=1)[:, :5]
+    def top5(z: np.ndarray) -> np.ndarray:
+        return np.argsort(-z, axis=1)[:, :5]
+
     np.testing.assert_array_equal(top5(got), top5(want))
 
 

@@ -12,9 +12,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ff_keras import data, labels, precision, preprocess, validate
+from ff_keras.data import pipeline as data, preprocess, image_check as validate
+from ff_keras import labels
+from ff_keras.training import precision
 from ff_keras.config import load_config
-from ff_keras.datasets import parse_utk_name
+from ff_keras.data.readers import parse_utk_name
 
 
 def _cfg(size: int = 32, batch: int = 4, **extra):

@@ -1,6 +1,7 @@
 import pytest
 
-from ff_keras import datasets, labels
+from ff_keras.data import readers as datasets
+from ff_keras import labels
 
 
 def test_fairface_reader_merges_train_and_val(data_root):

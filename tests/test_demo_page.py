@@ -11,7 +11,7 @@ import pytest
 from export_helpers import tiny_export
 
 from ff_keras import labels
-from ff_keras.serve.loadtest import running_server
+from studies.loadtest import running_server
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver
@@ -31,7 +31,8 @@ def server(tmp_path_factory, data_root):
 @pytest.fixture()
 def browser(tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail("headless test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+        pytest.fail("headless test needs Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -13,10 +13,11 @@ import pytest
 import tensorflow as tf
 from train_helpers import tiny_tables
 
-from ff_keras import data, distribute
+from ff_keras.data import pipeline as data
+from ff_keras.training import distribute
 from ff_keras.config import load_config
-from ff_keras.distribute_smoke import COMPARE, LAYOUTS, SMOKE, compare
-from ff_keras.train import train
+from studies.multiworker import COMPARE, LAYOUTS, SMOKE, compare
+from ff_keras.training.run import train
 
 # Same 8 rows, float32, no dropout/augmentation, frozen BatchNorm: only the summation order
 # differs between layouts, so losses agree to float32 rounding. (Measured: bit-identical;
@@ -98,8 +99,8 @@ def test_input_pipeline_is_data_sharded(data_root):
 def test_mixed_precision_trains_and_exports_float32_onnx(tmp_path, data_root, policy):
     import onnx
 
-    from ff_keras.export import export_model, load_checkpoint
-    from ff_keras.predictor import load_images
+    from ff_keras.inference.export import export_model, load_checkpoint
+    from ff_keras.inference.predictor import load_images
 
     tables = tiny_tables(data_root, n_train=8, n_val=8)
     cfg = load_config(SMOKE, [
@@ -130,7 +131,7 @@ def test_two_serving_workers_each_answer_health_probes(tmp_path, data_root):
     import httpx
     from export_helpers import tiny_export
 
-    from ff_keras.serve.loadtest import running_server
+    from studies.loadtest import running_server
 
     model = tiny_export(tmp_path, data_root, n_images=8) / "model.onnx"
 

@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from ff_keras import baselines, datasets, eval_pipeline, labels, splits
-from ff_keras import evaluate as E
+from ff_keras.evaluation import baselines, run as eval_pipeline
+from ff_keras.data import readers as datasets
+from ff_keras import labels
+from ff_keras.splits import build as splits
+from ff_keras.evaluation import metrics as E
 
 
 def onehot(pred, k):

@@ -13,18 +13,18 @@ import pytest
 from export_helpers import REPO, TEMPERATURE, tiny_checkpoint
 
 from ff_keras import labels
-from ff_keras.export import (
+from ff_keras.inference.export import (
     EXPORT_ATOL,
     KERAS_ATOL,
     ParityError,
     check_parity,
     export_model,
     inference_model,
-    parity_image_paths,
     saved_model_outputs_fresh_process,
     to_float32,
 )
-from ff_keras.predictor import load_images, softmax
+from ff_keras.data.crops import fairface_val_crops
+from ff_keras.inference.predictor import load_images, softmax
 
 HEADS = list(labels.CONTRACT_HEADS)
 
@@ -45,7 +45,7 @@ def exported(tmp_path_factory, data_root):
 
 @pytest.fixture(scope="module")
 def faces(data_root):
-    return load_images(parity_image_paths(data_root, 64), 32)
+    return load_images(fairface_val_crops(data_root, 64), 32)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_parity_violation_raises():
 
 
 def test_mixed_precision_checkpoint_is_rebuilt_in_float32(tmp_path, data_root):
-    from ff_keras.export import load_checkpoint
+    from ff_keras.inference.export import load_checkpoint
 
     model, info = load_checkpoint(tiny_checkpoint(tmp_path / "mp", policy="mixed_float16"))
     assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
@@ -132,7 +132,7 @@ def test_mixed_precision_checkpoint_is_rebuilt_in_float32(tmp_path, data_root):
     assert all(layer.dtype_policy.name == "float32" for layer in clone.layers)
     for a, b in zip(model.get_weights(), clone.get_weights()):
         np.testing.assert_array_equal(a, b)
-    images = load_images(parity_image_paths(data_root, 8), info.image_size)
+    images = load_images(fairface_val_crops(data_root, 8), info.image_size)
     report = export_model(model, info, tmp_path / "out", images, formats=("onnx",))
     assert report.parity["onnx"]["race"]["argmax_agreement"] == 1.0
     sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -155,8 +155,9 @@ def test_augmentation_layers_are_refused():
 def test_int8_quantisation_reports_agreement_and_speed(exported, data_root, faces):
     import pandas as pd
 
-    from ff_keras.datasets import read_fairface, read_utkface
-    from ff_keras.quantize import compare_int8, quantize_onnx
+    from ff_keras.data.readers import read_fairface, read_utkface
+    from studies.int8 import compare_int8
+    from ff_keras.inference.quantize import quantize_onnx
 
     out = exported[1]
     int8 = quantize_onnx(out / "model.onnx", out / "model.int8.onnx", "static", faces)

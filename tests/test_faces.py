@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ff_keras.faces import composite as C
+from studies import composite as C
 from ff_keras.faces.detect import align, chip_quad, detect_and_align, detect_faces
 
 # Frontal FairFace val crops that both detectors find (of 1-16, all but 8, 9, 13, 16).

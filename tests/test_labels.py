@@ -6,7 +6,8 @@ from ff_keras import labels
 
 def test_age_bins_natural_order_and_mapping():
     assert labels.AGE_BINS[0] == "0-2" and labels.AGE_BINS[1] == "3-9" and labels.AGE_BINS[-1] == "more than 70"
-    cases = {0: "0-2", 2: "0-2", 3: "3-9", 9: "3-9", 10: "10-19", 29: "20-29", 69: "60-69", 70: "more than 70", 116: "more than 70"}
+    cases = {0: "0-2", 2: "0-2", 3: "3-9", 9: "3-9", 10: "10-19", 29: "20-29", 69: "60-69",
+             70: "more than 70", 116: "more than 70"}
     for years, name in cases.items():
         assert labels.age_to_bin(years) == name
     with pytest.raises(ValueError):

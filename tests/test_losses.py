@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from ff_keras import losses, metrics
+from ff_keras.training import losses, head_metrics as metrics
 
 RNG = np.random.default_rng(0)
 

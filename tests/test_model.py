@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from ff_keras import labels
-from ff_keras.backbones import get_backbone
+from ff_keras.models.backbones import get_backbone
 from ff_keras.config import load_config
-from ff_keras.model import build_model, get_backbone_model, set_trainable
+from ff_keras.models.multihead import build_model, get_backbone_model, set_trainable
 
 SIZE = 32
 TINY = {

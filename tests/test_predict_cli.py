@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from test_faces import CROPS, multi_person_photo
 
-from ff_keras.faces import composite as C
+from studies import composite as C
 from ff_keras.faces.analyze import analyze
 from ff_keras.faces.detect import DEFAULT_DETECTOR
 
@@ -118,7 +118,7 @@ def test_exit_status_only_when_nothing_readable(ckpt, tmp_path, capsys):
 
 def test_faces_from_all_photos_are_classified_in_batches(ckpt, photos):
     """Chips of several photos share model calls: 6 faces at batch size 4 -> calls of 4 and 2."""
-    from ff_keras.predictor import load_predictor
+    from ff_keras.inference.predictor import load_predictor
 
     predictor = load_predictor(ckpt, batch_size=64)
     sizes = []

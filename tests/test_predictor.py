@@ -11,8 +11,8 @@ import pytest
 from export_helpers import REPO, tiny_export
 
 from ff_keras import labels
-from ff_keras.export import parity_image_paths
-from ff_keras.predictor import load_images, load_predictor
+from ff_keras.data.crops import fairface_val_crops
+from ff_keras.inference.predictor import load_images, load_predictor
 
 HEADS = list(labels.CONTRACT_HEADS)
 
@@ -24,13 +24,13 @@ def export_dir(tmp_path_factory, data_root):
 
 @pytest.fixture(scope="module")
 def faces(data_root):
-    return load_images(parity_image_paths(data_root, 10), 32)
+    return load_images(fairface_val_crops(data_root, 10), 32)
 
 
 def test_onnx_predictor_does_not_import_tensorflow(export_dir, data_root):
     code = (
         "import sys, numpy as np\n"
-        "from ff_keras.predictor import load_predictor, load_images\n"
+        "from ff_keras.inference.predictor import load_predictor, load_images\n"
         f"p = load_predictor({str(export_dir / 'model.onnx')!r}, threads=1)\n"
         f"x = load_images([{str(data_root / 'fairface/val/1.jpg')!r}], p.info.image_size)\n"
         "out = p.predict_labels(x)\n"

@@ -33,7 +33,8 @@ DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 PRODUCED = {
     "weights/dlib_resnet_*.npz": "python scripts/convert_weights.py dlib",
     "weights/mobilenet_v2_*.npz": "scripts/convert_weights.py torchvision --backbone mobilenet_v2",
-    "runs/dlib_full-release2/best/model.keras": "python scripts/train.py --config configs/dlib_full.yaml train.run_id=release2",
+    "runs/dlib_full-release2/best/model.keras":
+        "python scripts/train.py --config configs/dlib_full.yaml train.run_id=release2",
     "artifacts/release2": "--out artifacts/release2",
     "artifacts/model/model.onnx": "--out artifacts/model",
 }

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ff_keras import datasets, labels, splits
+from ff_keras.data import readers as datasets
+from ff_keras import labels
+from ff_keras.splits import build as splits
 from ff_keras.model_info import ModelInfo, load_info, save_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +53,8 @@ def _train_tiny(root: Path, manifest: pd.DataFrame, path: Path) -> None:
     import keras
 
     from ff_keras.config import load_config
-    from ff_keras.model import build_model
-    from ff_keras.predictor import load_images
+    from ff_keras.models.multihead import build_model
+    from ff_keras.inference.predictor import load_images
 
     cfg = load_config(
         None,
@@ -212,7 +214,7 @@ def test_tta_leakage_comparison_and_wandb(evaluated):
     assert any(r["ours"] is not None for r in m["comparison"])
     runs = list((tmp / "report").rglob("run-evaltest1.wandb"))  # no wandb.dir: beside the report
     assert runs, "no offline W&B run file"
-    from ff_keras.tracking import read_wandb_history
+    from wandb_log import read_wandb_history
 
     _, history = read_wandb_history(runs[0])
     logged = {k for row in history for k in row}
@@ -222,10 +224,10 @@ def test_tta_leakage_comparison_and_wandb(evaluated):
 
 def test_onnx_export_gives_the_same_report_numbers(evaluated, data_root):
     """One code path: the ONNX export (temperature baked in) scores exactly like the checkpoint."""
-    from ff_keras import eval_pipeline
+    from ff_keras.evaluation import run as eval_pipeline
     from ff_keras.config import load_config
-    from ff_keras.export import export_model, load_checkpoint
-    from ff_keras.predictor import load_images
+    from ff_keras.inference.export import export_model, load_checkpoint
+    from ff_keras.inference.predictor import load_images
 
     tmp = evaluated["tmp"]
     model, info = load_checkpoint(evaluated["model"])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ff_keras import robustness, splits
-from ff_keras.predictor import load_predictor, load_images
+from ff_keras.evaluation import robustness
+from ff_keras.splits import build as splits
+from ff_keras.inference.predictor import load_predictor, load_images
 
 REPO = Path(__file__).resolve().parents[1]
 

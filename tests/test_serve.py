@@ -12,7 +12,7 @@ from export_helpers import tiny_export
 from PIL import Image
 
 from ff_keras import labels
-from ff_keras.serve.loadtest import load_test, running_server
+from studies.loadtest import load_test, running_server
 
 HEADS = list(labels.CONTRACT_HEADS)
 SERVER_ARGS = ["--max-upload-mb", "0.5", "--max-pixels", "4000000", "--max-batch", "8", "--max-wait-ms", "50"]

@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ff_keras import datasets, fairface_layout, splits
-from ff_keras.grouping import GroupingParams
+from ff_keras.data import readers as datasets
+from ff_keras.data import fairface_layout
+from ff_keras.splits import build as splits
+from ff_keras.splits.grouping import GroupingParams
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "splits"

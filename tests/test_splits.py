@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from scipy.spatial.distance import pdist, squareform
 
-from ff_keras import datasets, grouping, identity, leakage, splits
-from ff_keras.grouping import GroupingParams
+from ff_keras.data import readers as datasets
+from ff_keras.splits import grouping, identity, leakage, build as splits
+from ff_keras.splits.grouping import GroupingParams
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "splits"

@@ -8,8 +8,9 @@ import pytest
 from train_helpers import tiny_tables
 
 from ff_keras.config import load_config
-from ff_keras.tracking import Tracker, find_wandb_file, read_wandb_history, wandb_key
-from ff_keras.train import train
+from ff_keras.training.tracking import Tracker, wandb_key
+from wandb_log import find_wandb_file, read_wandb_history
+from ff_keras.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,8 @@ def test_offline_smoke_run_writes_per_head_metrics(tmp_path, data_root):
     epochs = [r for r in rows if "val/race_accuracy" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]
     for head in ("age", "gender", "race", "race_utk"):
-        for key in (f"train/{head}_accuracy", f"val/{head}_balanced_accuracy", f"val/{head}_loss", f"loss_weight/{head}"):
+        keys = (f"train/{head}_accuracy", f"val/{head}_balanced_accuracy", f"val/{head}_loss", f"loss_weight/{head}")
+        for key in keys:
             assert all(key in r for r in epochs), key
     assert all("val/age_years_mae" in r and "lr" in r and "train/loss" in r for r in epochs)
     # Values are the ones Keras logged (history.csv), not placeholders.

@@ -13,7 +13,7 @@ from train_helpers import tiny_tables
 from ff_keras import labels
 from ff_keras.config import load_config
 from ff_keras.model_info import load_info
-from ff_keras.train import train
+from ff_keras.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ff_keras import losses, weighting
-from ff_keras.trainer import MultiTaskTrainer
+from ff_keras.training import losses, loss_weighting as weighting
+from ff_keras.training.trainer import MultiTaskTrainer
 
 HEADS = ["gender", "race"]
 
@@ -83,7 +83,7 @@ def test_compare_weighting_runs_tiny(tmp_path, data_root):
 
     from train_helpers import tiny_tables
 
-    from ff_keras.compare_weighting import METHODS, compare
+    from studies.weighting import METHODS, compare
     from ff_keras.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml", ["train.verbose=0"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ff_keras.datasets import read_fairface, read_utkface
+from ff_keras.data.readers import read_fairface, read_utkface
 
 
 def tiny_tables(root: Path, n_train: int = 32, n_val: int = 16) -> tuple[pd.DataFrame, pd.DataFrame]:

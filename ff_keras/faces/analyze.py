@@ -86,7 +86,7 @@ def analyze(
     min_face: int = 40,
 ) -> Report:
     """Detects, aligns and classifies every face in ``paths`` with ``predictor``
-    (``ff_keras.predictor.Predictor``); ``detector="none"`` takes each image as one aligned face."""
+    (``ff_keras.inference.predictor.Predictor``); ``detector="none"`` takes each image as one aligned face."""
     from tqdm import tqdm
 
     detector = resolve_detector(detector)
@@ -124,7 +124,7 @@ def analyze(
 
 def _faces_in(rgb: np.ndarray, detector: str, size: int, min_face: int) -> tuple[list[Face | None], np.ndarray]:
     if detector == NO_DETECTOR:  # the model's own resize policy, as for any aligned crop
-        from ff_keras.predictor import prepare_face
+        from ff_keras.inference.predictor import prepare_face
 
         return [None], prepare_face(rgb, size)[None]
     return detect_and_align(rgb, detector, size, min_face)

@@ -18,7 +18,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from ff_keras.identity import face_models_dir
+from ff_keras.paths import face_models_dir
 
 DETECTORS: tuple[str, ...] = ("mtcnn", "dlib_hog", "dlib_cnn")
 # MTCNN finds 94 % of FairFace faces pasted into photos against dlib HOG's 66 % (HOG misses

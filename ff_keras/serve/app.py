@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from ff_keras.predictor import Predictor, load_predictor, prepare_face
+from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
 from ff_keras.serve.batching import MicroBatcher
 
@@ -109,7 +109,9 @@ async def read_upload(upload: UploadFile, settings: ServeSettings) -> bytes:
     name = upload.filename or "upload"
     ctype = (upload.content_type or "").split(";")[0].strip().lower()
     if ctype not in CONTENT_TYPES:
-        raise HTTPException(415, f"{name}: content type {ctype or 'missing'!r} is not supported; send one of {list(CONTENT_TYPES)}")
+        raise HTTPException(
+            415, f"{name}: content type {ctype or 'missing'!r} is not supported; send one of {list(CONTENT_TYPES)}"
+        )
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"{name}: file is larger than the {settings.max_upload_bytes}-byte upload limit")
@@ -134,7 +136,6 @@ def create_app(
     predictor = predictor or load_predictor(
         model_path, threads=settings.threads or None, batch_size=settings.max_batch, spinning=settings.ort_spinning
     )
-    size = predictor.info.image_size
     batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)
 
     @asynccontextmanager
@@ -161,13 +162,24 @@ def create_app(
             return JSONResponse({"detail": f"request body of {length} bytes exceeds the {body_limit}-byte limit"}, 413)
         return await call_next(request)
 
+    _prediction_routes(app, settings, predictor, batcher, face_pipeline, errors)
+    _info_routes(app, settings, predictor, batcher, face_pipeline)
+    return app
+
+
+def _prediction_routes(app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
+                       face_pipeline: FacePipeline | None, errors: dict) -> None:
+    """``POST /predict`` and ``/predict/batch``: uploads -> faces -> one batched model call."""
+    size = predictor.info.image_size
+
     def faces_of(rgb: np.ndarray, detect: bool) -> tuple[list[dict], np.ndarray]:
         h, w = rgb.shape[:2]
         if not detect or face_pipeline is None:
             return [{"box": [0, 0, w, h], "confidence": None}], prepare_face(rgb, size)[None]
         found, chips = face_pipeline(rgb, size)
         boxes = [{"box": [int(v) for v in f.box], "confidence": float(f.confidence)} for f in found]
-        chips = np.stack([prepare_face(c, size) for c in chips]) if len(chips) else np.zeros((0, size, size, 3), np.float32)
+        chips = (np.stack([prepare_face(c, size) for c in chips]) if len(chips)
+                 else np.zeros((0, size, size, 3), np.float32))
         return boxes, chips
 
     def decode_and_find_faces(data: bytes, name: str, detect: bool) -> tuple[np.ndarray, list[dict], np.ndarray]:
@@ -209,6 +221,12 @@ def create_app(
             raise HTTPException(413, f"{len(files)} files sent; at most {settings.max_files} per request")
         return schemas.BatchPredictResponse(results=await predict_images(files, detect))
 
+
+
+def _info_routes(app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
+                 face_pipeline: FacePipeline | None) -> None:
+    """``GET /health``, ``/metadata`` and the demo page."""
+
     def batching_info() -> schemas.BatchingInfo:
         return schemas.BatchingInfo(
             enabled=batcher.enabled, max_batch=batcher.max_batch, max_wait_ms=settings.max_wait_ms,
@@ -244,8 +262,6 @@ def create_app(
     @app.get("/", include_in_schema=False)
     async def demo_page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    return app
 
 
 def app_from_env() -> FastAPI:

@@ -1,0 +1,1 @@
+"""Input data: dataset readers, the tf.data pipeline, augmentation, preprocessing, image checks."""

@@ -1,0 +1,1 @@
+"""Held-out evaluation: metrics with CIs, fairness slices, calibration, report."""

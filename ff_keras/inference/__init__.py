@@ -1,0 +1,1 @@
+"""Inference artifacts: one predictor over .onnx / .keras / SavedModel, export, INT8 quantisation."""

@@ -1,0 +1,288 @@
+"""Export a training checkpoint to ``.keras``, SavedModel and ONNX, each verified after writing.
+
+All three carry the same inference contract (``model_info.INPUT_CONTRACT``): input ``image``
+float32 [N, H, W, 3] RGB 0-255; outputs ``age``/``gender``/``race`` probabilities =
+softmax(logits / T_head). Every writer reloads what it wrote and compares it with the Keras
+reference on real faces; a violation raises ``ParityError`` so a bad artifact never ships.
+The SavedModel is read back in a fresh process, as a downstream service would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ff_keras import labels
+from ff_keras.data.crops import fairface_val_crops
+from ff_keras.model_info import ModelInfo, load_info, save_info
+from ff_keras.inference.predictor import argmax_agreement, load_images
+
+log = logging.getLogger(__name__)
+
+KERAS_ATOL = 1e-6  # same graph, same runtime: only serialisation can differ
+EXPORT_ATOL = 1e-4  # other runtimes (TF graph, ONNX Runtime) reorder float ops
+OPSET = 17
+N_PARITY = 64
+
+
+class ParityError(AssertionError):
+    """An exported artifact disagrees with the Keras reference beyond tolerance."""
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    artifacts: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    n_parity_images: int = 0
+
+
+def check_parity(
+    name: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], heads: Sequence[str], atol: float
+) -> dict[str, dict[str, float]]:
+    """Max-abs difference and argmax agreement per head; raises ParityError if either fails."""
+    agree = argmax_agreement(reference, got, heads)
+    result = {}
+    for h in heads:
+        if got[h].shape != reference[h].shape:
+            raise ParityError(f"{name}: head {h} shape {got[h].shape} != reference {reference[h].shape}")
+        result[h] = {"max_abs": float(np.max(np.abs(got[h] - reference[h]))), "argmax_agreement": agree[h]}
+    bad = {h: r for h, r in result.items() if r["max_abs"] > atol or r["argmax_agreement"] < 1.0}
+    if bad:
+        raise ParityError(f"{name} disagrees with Keras (atol {atol}, argmax must agree 100%): {bad}")
+    log.info("parity %s: %s", name, result)
+    return result
+
+
+# === Inference model ===
+
+
+def _force_float32(config: Any) -> Any:
+    """Rewrites every mixed dtype policy in a serialised Keras config to float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
+            name = config["config"].get("name", "")
+            if name.startswith("mixed_"):
+                config = {**config, "config": {**config["config"], "name": "float32"}}
+            return config
+        return {k: _force_float32(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_force_float32(v) for v in config]
+    if isinstance(config, str) and config.startswith("mixed_"):
+        return "float32"
+    return config
+
+
+def to_float32(model):
+    """Rebuilds a mixed-precision model with float32 layers and copies its weights over.
+
+    float16 activations would make ONNX/TF outputs differ from training-time numerics in a
+    runtime-dependent way, and ORT's CPU kernels are float32 anyway.
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
+        return model
+    config = _force_float32(copy.deepcopy(model.get_config()))
+    clone = model.__class__.from_config(config)
+    clone.set_weights(model.get_weights())
+    bad = [layer.name for layer in _all_layers(clone) if layer.dtype_policy.name != "float32"]
+    if bad:
+        raise RuntimeError(f"float32 rebuild left non-float32 layers: {bad[:5]}")
+    return clone
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def inference_model(model, info: ModelInfo):
+    """Wraps a logits model: ``image`` -> {head: softmax(logits / T_head)} for the contract heads.
+
+    Raises:
+        ValueError: if the model holds augmentation layers (they belong in tf.data) or lacks a head.
+    """
+    import keras
+
+    augment = [layer.name for layer in _all_layers(model) if type(layer).__name__.startswith("Random")]
+    if augment:
+        raise ValueError(f"model contains augmentation layers {augment}; remove them before export")
+    model = to_float32(model)
+    size = info.image_size
+    image = keras.Input((size, size, 3), name="image", dtype="float32")
+    logits = model(image, training=False)
+    outputs = {}
+    for head in info.heads:
+        if head not in logits:
+            raise ValueError(f"model has no {head!r} output; it has {sorted(logits)}")
+        t = float(info.temperature.get(head, 1.0))
+        if t <= 0:
+            raise ValueError(f"temperature for {head} must be > 0, got {t}")
+        scaled = keras.layers.Rescaling(1.0 / t, name=f"{head}_temperature")(logits[head])
+        outputs[head] = keras.layers.Softmax(name=f"{head}_probs", dtype="float32")(scaled)
+    return keras.Model(image, outputs, name="ff_keras_inference")
+
+
+def _keras_predict(model, images: np.ndarray, heads: Sequence[str], batch: int = 32) -> dict[str, np.ndarray]:
+    chunks = [model(images[i : i + batch], training=False) for i in range(0, len(images), batch)]
+    return {h: np.concatenate([np.asarray(c[h]) for c in chunks]) for h in heads}
+
+
+def _serving_fn(model, size: int):
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name="image")]
+
+    @tf.function(input_signature=spec)
+    def serve(image):
+        return model(image, training=False)
+
+    return serve, spec
+
+
+# === Writers (each verifies what it wrote) ===
+
+
+def export_keras(model, path: Path, images: np.ndarray, reference: dict[str, np.ndarray]) -> dict:
+    import keras
+
+    model.save(path)
+    reloaded = keras.saving.load_model(path, compile=False)
+    got = _keras_predict(reloaded, images, list(reference))
+    return check_parity("keras", reference, got, list(reference), KERAS_ATOL)
+
+
+_SAVED_MODEL_RUNNER = """
+import sys, numpy as np, tensorflow as tf
+fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+x = np.load(sys.argv[2])
+outs = [fn(image=tf.constant(x[i:i + 32])) for i in range(0, len(x), 32)]
+np.savez(sys.argv[3], **{k: np.concatenate([o[k].numpy() for o in outs]) for k in outs[0]})
+"""
+
+
+def saved_model_outputs_fresh_process(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Runs the SavedModel's ``serving_default`` in a new interpreter (no shared TF state)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        x_path, y_path = Path(tmp) / "x.npy", Path(tmp) / "y.npz"
+        np.save(x_path, images)
+        proc = subprocess.run(
+            [sys.executable, "-c", _SAVED_MODEL_RUNNER, str(path), str(x_path), str(y_path)],
+            check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        if proc.returncode != 0:
+            raise ParityError(f"SavedModel {path} failed to load/run in a fresh process:\n{proc.stderr[-2000:]}")
+        with np.load(y_path) as y:
+            return {k: y[k] for k in y.files}
+
+
+def export_saved_model(model, path: Path, images: np.ndarray, reference: dict[str, np.ndarray]) -> dict:
+    import keras
+
+    serve, _ = _serving_fn(model, images.shape[1])
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve)
+    archive.write_out(str(path), verbose=False)
+    got = saved_model_outputs_fresh_process(path, images)
+    return check_parity("saved_model", reference, got, list(reference), EXPORT_ATOL)
+
+
+def onnx_metadata(info: ModelInfo) -> dict[str, str]:
+    return {
+        "classes": json.dumps({h: info.classes[h] for h in info.heads}),
+        "image_size": str(info.image_size),
+        "input_contract": info.input_contract,
+        "outputs": "probabilities = softmax(logits / temperature)",
+        "temperature": json.dumps({h: info.temperature.get(h, 1.0) for h in info.heads}),
+        "backbone": info.backbone,
+        "version": info.version,
+    }
+
+
+def export_onnx(
+    model, path: Path, info: ModelInfo, images: np.ndarray, reference: dict[str, np.ndarray], opset: int = OPSET
+) -> dict:
+    """tf2onnx conversion with a dynamic ``batch`` axis, metadata, full checker and ORT parity."""
+    import onnx
+    import tf2onnx
+
+    serve, spec = _serving_fn(model, info.image_size)
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    for out in proto.graph.output:
+        out.type.tensor_type.shape.dim[0].dim_param = "batch"
+    outputs = [o.name for o in proto.graph.output]
+    if sorted(outputs) != sorted(info.heads) or proto.graph.input[0].name != "image":
+        raise ParityError(f"ONNX graph has input {proto.graph.input[0].name!r}, outputs {outputs}")
+    onnx.helper.set_model_props(proto, onnx_metadata(info))
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    return _check_onnx(path, info, images, reference, "onnx", EXPORT_ATOL)
+
+
+def _check_onnx(path: Path, info: ModelInfo, images, reference, name: str, atol: float) -> dict:
+    from ff_keras.inference.predictor import OnnxPredictor
+
+    got = OnnxPredictor(path, replace(info, outputs="probabilities")).predict(images)
+    return check_parity(name, reference, got, list(reference), atol)
+
+
+# === Whole pipeline ===
+
+
+def load_checkpoint(path: str | Path):
+    """A training ``.keras`` checkpoint and its sidecar (the model uses built-in layers only)."""
+    import keras
+
+    return keras.saving.load_model(str(path), compile=False), load_info(path)
+
+
+def export_model(
+    model, info: ModelInfo, out_dir: str | Path, images: np.ndarray, opset: int = OPSET,
+    formats: Sequence[str] = ("keras", "saved_model", "onnx"),
+) -> ExportReport:
+    """Writes the chosen formats plus ``model_info.json`` into ``out_dir``; raises ParityError."""
+    if len(images) < N_PARITY:
+        log.warning("parity checked on only %d images (fewer than the %d that make a 1e-4 bound meaningful "
+                    "over real faces)", len(images), N_PARITY)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = replace(info, heads=[h for h in info.heads if h in labels.CONTRACT_HEADS] or list(labels.CONTRACT_HEADS))
+    wrapper = inference_model(model, info)
+    images = images.astype(np.float32)
+    reference = _keras_predict(wrapper, images, info.heads)
+    report = ExportReport(out, n_parity_images=len(images))
+    writers = {
+        "keras": (out / "model.keras", lambda p: export_keras(wrapper, p, images, reference)),
+        "saved_model": (out / "saved_model", lambda p: export_saved_model(wrapper, p, images, reference)),
+        "onnx": (out / "model.onnx", lambda p: export_onnx(wrapper, p, info, images, reference, opset)),
+    }
+    for fmt in formats:
+        path, write = writers[fmt]
+        report.parity[fmt] = write(path)
+        report.artifacts[fmt] = str(path)
+    exported = replace(info, outputs="probabilities", extra={**info.extra, "parity": report.parity, "opset": opset})
+    save_info(exported, out)
+    return report
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, data_root: Path, n_images: int = N_PARITY, **kwargs
+) -> ExportReport:
+    """``scripts/export.py``: checkpoint + sidecar -> all formats, parity on real faces."""
+    model, info = load_checkpoint(checkpoint)
+    images = load_images(fairface_val_crops(data_root, n_images), info.image_size)
+    return export_model(model, info, out_dir, images, **kwargs)

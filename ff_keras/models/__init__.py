@@ -1,0 +1,1 @@
+"""The network graph: backbones and the multi-head model (no file access)."""

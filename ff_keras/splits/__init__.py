@@ -1,0 +1,1 @@
+"""Identity-disjoint splits: face descriptors, grouping, split assignment, leakage checks and report."""
