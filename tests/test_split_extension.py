@@ -180,3 +180,20 @@ def test_label_csv_errors_name_the_row(tmp_path, bad, message):
     (tmp_path / "labels.csv").write_text(bad)
     with pytest.raises(ValueError, match=message):
         fairface_layout.read_label_csv(tmp_path / "labels.csv", "train")
+
+
+def test_grouping_a_subset_of_candidate_pairs_equals_grouping_from_scratch():
+    from ff_keras.splits import grouping
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(40, 128)).astype(np.float32)
+    x = np.concatenate([base, base[:20] + rng.normal(scale=0.02, size=(20, 128)).astype(np.float32)])
+    dh = rng.integers(0, 256, size=(60, 32), dtype=np.uint8)
+    dh[50] = dh[3]
+    sha = np.array([f"s{k}" for k in range(60)])
+    params = GroupingParams(identity_threshold=0.23, mutual_threshold=0.6)
+    cands = grouping.candidate_pairs(x, dh, sha, params)
+    rows = np.sort(rng.choice(60, size=45, replace=False))
+    got, _ = grouping.group_pairs(cands.subset(rows), params)
+    want, _ = grouping.group_images(x[rows], dh[rows], sha[rows], params)
+    np.testing.assert_array_equal(got, want)

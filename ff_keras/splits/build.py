@@ -202,7 +202,6 @@ def extend_manifest(
     table: pd.DataFrame,
     embeddings: dict[str, np.ndarray],
     params,
-    max_rounds: int = 10,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Adds new images to the training split of ``base`` without moving any base row.
 
@@ -211,7 +210,8 @@ def extend_manifest(
     all dropped); the rest join train unless they fall into a group (exact copy, dHash
     near-copy, identity pair: ``grouping.group_images`` with the base's fixed ``params``)
     with a val/test image. Removing images can create new mutual-nearest-neighbour pairs,
-    so grouping repeats on what is left until no new image is linked to val/test.
+    so grouping repeats on what is left until no new image is linked to val/test (each round
+    removes at least one image; the pair searches run once, only the linking repeats).
 
     Args:
         base: committed manifest rows (all sources).
@@ -223,7 +223,7 @@ def extend_manifest(
     Returns:
         (extended manifest, dropped new rows with rel_path/reason/duplicate_of, info)
     """
-    from ff_keras.splits.grouping import group_images
+    from ff_keras.splits.grouping import candidate_pairs, group_pairs
 
     if params.identity_threshold is None:
         raise ValueError("extending a manifest needs the base's fixed identity_threshold")
@@ -244,20 +244,21 @@ def extend_manifest(
         {"rel_path": table["rel_path"].to_numpy()[copies_of_base], "reason": DROP_COPY, "duplicate_of": ""})])
     pool = np.setdiff1d(pool, copies_of_base)
     linked, rounds = [], 0
+    candidates = candidate_pairs(embeddings["descriptor"][pool], embeddings["dhash"][pool],
+                                 embeddings["sha256"][pool], params)
+    alive = np.arange(len(pool))  # positions in ``pool`` still taking part
     while True:
         rounds += 1
-        sub = table.iloc[pool]
-        groups, info = group_images(embeddings["descriptor"][pool], embeddings["dhash"][pool],
-                                    embeddings["sha256"][pool], params)
+        groups, info = group_pairs(candidates.subset(alive), params)
+        sub = table.iloc[pool[alive]]
         split = sub["rel_path"].map(base_split).fillna("train").to_numpy()
-        held_out_groups = set(groups[split != "train"].tolist())
-        bad = ~in_base[pool] & np.isin(groups, list(held_out_groups))
+        held_out_groups = np.unique(groups[split != "train"])
+        bad = ~in_base[pool[alive]] & np.isin(groups, held_out_groups)
         if not bad.any():
             break
-        if rounds >= max_rounds:
-            raise RuntimeError(f"new images still linked to val/test after {rounds} grouping rounds")
-        linked += pool[bad].tolist()
-        pool = pool[~bad]
+        linked += pool[alive[bad]].tolist()
+        alive = alive[~bad]
+    pool = pool[alive]
     dropped = pd.concat([dropped, pd.DataFrame(
         {"rel_path": table["rel_path"].to_numpy()[linked], "reason": DROP_LINKED, "duplicate_of": ""})])
     manifest = table.iloc[pool].assign(group_id=groups, split=split).reset_index(drop=True)

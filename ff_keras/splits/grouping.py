@@ -132,10 +132,56 @@ class GroupingParams:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CandidatePairs:
+    """Every pair that may join two images: dHash pairs within ``dhash_bits`` and descriptor
+    pairs closer than ``mutual_threshold`` (row indices ``i < j``), plus each row's file hash.
+
+    Distances are pairwise, so the candidates among a subset of rows are the pairs whose
+    both ends are in it (``subset``); only the mutual-NN ranking depends on who else is there,
+    and ``group_pairs`` recomputes it.
+    """
+
+    n: int
+    sha256: np.ndarray
+    dhash: tuple[np.ndarray, np.ndarray]
+    desc: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    def subset(self, rows: np.ndarray) -> CandidatePairs:
+        """The candidates among ``rows`` (sorted indices), renumbered 0..len(rows)-1."""
+        new = np.full(self.n, -1, np.int64)
+        new[rows] = np.arange(len(rows))
+
+        def keep(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            return (new[i] >= 0) & (new[j] >= 0)
+
+        hi, hj = self.dhash
+        di, dj, dd = self.desc
+        kh, kd = keep(hi, hj), keep(di, dj)
+        return CandidatePairs(len(rows), self.sha256[rows], (new[hi[kh]], new[hj[kh]]),
+                              (new[di[kd]], new[dj[kd]], dd[kd]))
+
+
+def candidate_pairs(
+    descriptors: np.ndarray, dhashes: np.ndarray, sha256: np.ndarray, params: GroupingParams = GroupingParams()
+) -> CandidatePairs:
+    """The expensive part of grouping: all-pairs dHash and descriptor searches."""
+    n = len(descriptors)
+    if not len(dhashes) == len(sha256) == n:
+        raise ValueError(f"misaligned inputs: {n} descriptors, {len(dhashes)} dhashes, {len(sha256)} hashes")
+    hi, hj, _ = hamming_pairs(dhashes, params.dhash_bits)
+    return CandidatePairs(n, np.asarray(sha256), (hi, hj), descriptor_pairs(descriptors, params.mutual_threshold))
+
+
 def group_images(
     descriptors: np.ndarray, dhashes: np.ndarray, sha256: np.ndarray, params: GroupingParams = GroupingParams()
 ) -> tuple[np.ndarray, dict]:
-    """Group id per image (numbered by first member) and what was joined.
+    """Group id per image (numbered by first member) and what was joined (``group_pairs``)."""
+    return group_pairs(candidate_pairs(descriptors, dhashes, sha256, params), params)
+
+
+def group_pairs(pairs: CandidatePairs, params: GroupingParams = GroupingParams()) -> tuple[np.ndarray, dict]:
+    """Groups from candidate pairs: exact copies, dHash pairs, identity and mutual-NN pairs.
 
     Without a fixed ``identity_threshold`` the largest of ``THRESHOLD_CANDIDATES`` whose
     groups (all edge kinds together) stay within ``max_group`` images is used: above ~0.3
@@ -146,15 +192,13 @@ def group_images(
         (groups int64 [N], info): info holds the ``identity_threshold`` used, pairs joined per
         edge kind, the largest group, and the largest group for each threshold tried.
     """
-    n = len(descriptors)
-    if not len(dhashes) == len(sha256) == n:
-        raise ValueError(f"misaligned inputs: {n} descriptors, {len(dhashes)} dhashes, {len(sha256)} hashes")
-    _, sha_group = np.unique(np.asarray(sha256), return_inverse=True)
+    n = pairs.n
+    _, sha_group = np.unique(pairs.sha256, return_inverse=True)
     order = np.argsort(sha_group, kind="stable")
     same = sha_group[order][1:] == sha_group[order][:-1]
     exact = (order[:-1][same], order[1:][same])
-    hi, hj, _ = hamming_pairs(dhashes, params.dhash_bits)
-    i, j, d = descriptor_pairs(descriptors, params.mutual_threshold)
+    hi, hj = pairs.dhash
+    i, j, d = pairs.desc
     mutual_all = mutual_knn_mask(n, i, j, d, params.mutual_k)
     fixed, tried = params.identity_threshold, {}
     for t in [fixed] if fixed is not None else THRESHOLD_CANDIDATES:
