@@ -95,7 +95,8 @@ def decode_image(
         raise ImageError(f"{name}: not a JPEG, PNG or WebP image (judged by the file's bytes)", 415)
     try:
         with Image.open(io.BytesIO(raw), formats=[fmt]) as im:
-            return _decode_open(im, name, fmt, max_pixels, min_side, (min_decoded_side, min_decoded_pixels), budget)
+            keep = (min_decoded_side, min_decoded_pixels)
+            return _decode_open(im, name, fmt, max_pixels, min_side, keep, budget)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:

@@ -102,8 +102,11 @@ def check_onnx_agrees(
     disagree on input size, classes or outputs: such a pair would fail every request."""
     where = f"{path} and its {INFO_NAME}"
     dims = list(input_shape)[1:]
-    if len(dims) == 3 and all(isinstance(d, int) for d in dims) and dims != [info.image_size, info.image_size, 3]:
-        raise ValueError(f"{where} disagree: the model's input is {dims}, the sidecar says image_size {info.image_size}")
+    expected = [info.image_size, info.image_size, 3]
+    if len(dims) == 3 and all(isinstance(d, int) for d in dims) and dims != expected:
+        raise ValueError(
+            f"{where} disagree: the model's input is {dims}, the sidecar says image_size {info.image_size}"
+        )
     if "image_size" in metadata and metadata["image_size"] != str(info.image_size):
         raise ValueError(
             f"{where} disagree: ONNX metadata image_size {metadata['image_size']}, sidecar {info.image_size}"
@@ -115,4 +118,6 @@ def check_onnx_agrees(
             raise ValueError(f"{where} disagree on the class names of {wrong}")
     missing = [h for h in [*info.heads, *info.regression_heads] if h not in outputs]
     if missing:
-        raise ValueError(f"{where} disagree: the sidecar lists heads {missing} the model lacks (it has {outputs})")
+        raise ValueError(
+            f"{where} disagree: the sidecar lists heads {missing} the model lacks (it has {outputs})"
+        )

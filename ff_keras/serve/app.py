@@ -131,7 +131,9 @@ def load_checked_predictor(settings: ServeSettings) -> Predictor:
     for head in predictor.heads:
         n = len(predictor.info.classes[head])
         if out[head].shape != (1, n):
-            raise ValueError(f"{settings.model_path}: head {head} gives shape {out[head].shape}, expected (1, {n})")
+            raise ValueError(
+                f"{settings.model_path}: head {head} gives shape {out[head].shape}, expected (1, {n})"
+            )
     return predictor
 
 
@@ -214,8 +216,9 @@ def create_app(
         boxes = [
             {"box": [round(v / image.scale) for v in f.box], "confidence": float(f.confidence)} for f in found
         ]
-        chips = np.stack([prepare_face(c, size) for c in chips]) if len(chips) else np.zeros((0, size, size, 3), np.float32)
-        return boxes, chips
+        if not len(chips):
+            return boxes, np.zeros((0, size, size, 3), np.float32)
+        return boxes, np.stack([prepare_face(c, size) for c in chips])
 
     def decode_and_find_faces(data: bytes, name: str, detect: bool, budget: PixelBudget):
         detecting = detect and face_pipeline is not None
@@ -243,7 +246,9 @@ def create_app(
         except ImageError as err:
             return err
 
-    async def predict_images(uploads: list[UploadFile], detect: bool) -> list[schemas.PredictResponse | ImageError]:
+    async def predict_images(
+        uploads: list[UploadFile], detect: bool
+    ) -> list[schemas.PredictResponse | ImageError]:
         budget = PixelBudget(settings.max_request_pixels)
         per_image = [await one_image(u, detect, budget) for u in uploads]
         ok = [p for p in per_image if not isinstance(p, ImageError)]
@@ -259,7 +264,8 @@ def create_app(
             faces = [schemas.FacePrediction(**results[start + i], **box) for i, box in enumerate(boxes)]
             start += len(chips)
             out.append(schemas.PredictResponse(
-                filename=upload.filename, width=image.size[0], height=image.size[1], detector=detector, faces=faces,
+                filename=upload.filename, width=image.size[0], height=image.size[1], detector=detector,
+                faces=faces,
             ))
         return out
 
@@ -280,7 +286,8 @@ def create_app(
         if len(files) > settings.max_files:
             raise HTTPException(413, f"{len(files)} files sent; at most {settings.max_files} per request")
         results = [
-            schemas.FileError(filename=f.filename, status=r.status, detail=str(r)) if isinstance(r, ImageError) else r
+            schemas.FileError(filename=f.filename, status=r.status, detail=str(r))
+            if isinstance(r, ImageError) else r
             for f, r in zip(files, await predict_images(files, detect))
         ]
         return schemas.BatchPredictResponse(
