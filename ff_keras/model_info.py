@@ -27,6 +27,9 @@ class ModelInfo:
     backbone: str
     classes: dict[str, list[str]] = field(default_factory=labels.label_spaces)
     heads: list[str] = field(default_factory=lambda: list(labels.CONTRACT_HEADS))
+    # Regression outputs of this artifact beside the class heads: ``age_years`` = predicted
+    # age in years, float32 [N, 1], no softmax. Empty for artifacts exported without them.
+    regression_heads: list[str] = field(default_factory=list)
     # Per-head softmax temperature fitted on val (1.0 = uncalibrated).
     temperature: dict[str, float] = field(default_factory=dict)
     input_contract: str = INPUT_CONTRACT
@@ -52,10 +55,69 @@ def save_info(info: ModelInfo, folder: str | Path) -> Path:
 
 
 def load_info(artifact: str | Path) -> ModelInfo:
-    """Reads the sidecar next to ``artifact`` and checks its class order against the schema."""
+    """Reads the sidecar next to ``artifact`` and checks its class order against the schema.
+
+    Raises:
+        FileNotFoundError: if there is no sidecar.
+        ValueError: if it is not valid JSON or has unknown, missing or ill-typed fields.
+    """
     path = info_path(artifact)
     if not path.exists():
         raise FileNotFoundError(f"no {INFO_NAME} beside {artifact} (expected {path})")
-    data = json.loads(path.read_text())
-    labels.check_label_spaces(data.get("classes", {}))
-    return ModelInfo(**data)
+    try:
+        data = json.loads(path.read_text())
+        labels.check_label_spaces(data.get("classes", {}))
+        info = ModelInfo(**data)
+    except (json.JSONDecodeError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a valid model sidecar: {err}") from err
+    if not isinstance(info.image_size, int) or info.image_size < 1:
+        raise ValueError(f"{path}: image_size must be a positive integer, got {info.image_size!r}")
+    unknown = [h for h in info.regression_heads if h not in labels.REGRESSION_HEADS]
+    if unknown:
+        raise ValueError(f"{path}: unknown regression heads {unknown}; known: {list(labels.REGRESSION_HEADS)}")
+    return info
+
+
+# === ONNX metadata ===
+
+
+def onnx_metadata(info: ModelInfo) -> dict[str, str]:
+    """The sidecar facts written into an ONNX file's ``metadata_props``."""
+    return {
+        "classes": json.dumps({h: info.classes[h] for h in info.heads}),
+        "image_size": str(info.image_size),
+        "input_contract": info.input_contract,
+        "outputs": "probabilities = softmax(logits / temperature)",
+        "regression_heads": json.dumps(list(info.regression_heads)),
+        "temperature": json.dumps({h: info.temperature.get(h, 1.0) for h in info.heads}),
+        "backbone": info.backbone,
+        "version": info.version,
+    }
+
+
+def check_onnx_agrees(
+    info: ModelInfo, metadata: dict[str, str], input_shape: list, outputs: list[str], path: str | Path
+) -> None:
+    """Raises ``ValueError`` (one line naming both sides) when an ONNX file and its sidecar
+    disagree on input size, classes or outputs: such a pair would fail every request."""
+    where = f"{path} and its {INFO_NAME}"
+    dims = list(input_shape)[1:]
+    expected = [info.image_size, info.image_size, 3]
+    if len(dims) == 3 and all(isinstance(d, int) for d in dims) and dims != expected:
+        raise ValueError(
+            f"{where} disagree: the model's input is {dims}, the sidecar says image_size {info.image_size}"
+        )
+    if "image_size" in metadata and metadata["image_size"] != str(info.image_size):
+        raise ValueError(
+            f"{where} disagree: ONNX metadata image_size {metadata['image_size']}, sidecar {info.image_size}"
+        )
+    if "classes" in metadata:
+        classes = json.loads(metadata["classes"])
+        wrong = [h for h in info.heads if h in classes and classes[h] != list(info.classes[h])]
+        if wrong:
+            raise ValueError(f"{where} disagree on the class names of {wrong}")
+    missing = [h for h in [*info.heads, *info.regression_heads] if h not in outputs]
+    if missing:
+        raise ValueError(
+            f"{where} disagree: the sidecar lists heads {missing} the model lacks (it has {outputs})"
+        )

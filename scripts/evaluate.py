@@ -4,7 +4,8 @@
         [--config configs/x.yaml] [--tta flip] [--fit-temperature] [--wandb-run-id ID] [--limit N] \
         [key.sub=value ...]
 
---model takes a .keras file, a SavedModel directory or an .onnx file (ff_keras.inference.predictor).
+--model takes a .keras file, a SavedModel directory or an .onnx file (ff_keras.inference.predictor);
+UTKFace's age MAE is reported whenever the model has the ``age_years`` output.
 --fit-temperature fits per-head temperatures on the val split and writes them into the
 model's model_info.json before the test split is scored.
 """
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"✅ wrote {', '.join(str(p) for p in paths.values())} and {args.out}/plots/")
     for name, res in metrics["tables"].items():
         accs = ", ".join(f"{h} {m['accuracy']:.3f}" for h, m in res["heads"].items())
+        if "age_years" in res:
+            accs += f", age MAE {res['age_years']['mae']:.2f} years (n={res['age_years']['n']})"
         print(f"   {name} (n={res['n']}): {accs}")
     print(f"   leakage: {metrics['leakage']['summary']}")
     if args.wandb_run_id:

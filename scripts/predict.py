@@ -3,10 +3,12 @@
     python scripts/predict.py photo.jpg folder/ --model runs/x/model.onnx [--detector mtcnn|dlib|none]
         [-b/--draw-boxes] [--out DIR] [--json] [--batch-size N]
 
-Prints one row per face (image, face id, box, detector confidence, top label per head) or,
-with --json, the full records (landmarks and all probabilities). Photos without a face and
-unreadable files are reported on stderr; the exit status is non-zero only if no input could
-be read at all.
+Prints one row per face (image, face id, box, detector confidence, top label per head, age in
+years when the model has it) or, with --json, the full records: the service's per-face fields
+(box, confidence, ``heads`` with all probabilities, ``age_years``) plus image and landmarks.
+Photos without a face and unreadable files (anything but JPEG, PNG or WebP, judged by the
+bytes; damaged or smaller than 32 px) are reported on stderr with their names and skipped; the
+exit status is 1 only if no input could be read at all, 2 if the model cannot be loaded.
 """
 
 from __future__ import annotations

@@ -77,5 +77,5 @@ def test_bad_upload_shows_server_error(server, browser, tmp_path):
     notes.write_text("not an image")
     assert _upload(browser, server, notes) == "error"
     status = browser.find_element(By.ID, "status").text
-    assert "notes.txt" in status and "content type" in status
+    assert "notes.txt" in status and "not a JPEG, PNG or WebP" in status
     assert browser.find_elements(By.CSS_SELECTOR, ".face") == []

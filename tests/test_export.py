@@ -71,7 +71,7 @@ def test_writes_all_artifacts_and_sidecar(exported):
         assert (out / name).exists(), name
     info = json.loads((out / "model_info.json").read_text())
     assert info["outputs"] == "probabilities"
-    assert info["heads"] == HEADS and info["image_size"] == 32
+    assert info["heads"] == HEADS and info["image_size"] == 32 and info["regression_heads"] == ["age_years"]
     assert set(info["extra"]["parity"]) == {"keras", "saved_model", "onnx"}
 
 
@@ -81,8 +81,9 @@ def test_onnx_graph_contract_and_metadata(exported, faces, reference):
     (inp,) = proto.graph.input
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert inp.type.tensor_type.shape.dim[0].dim_param == "batch"
-    assert sorted(o.name for o in proto.graph.output) == sorted(HEADS)
+    assert sorted(o.name for o in proto.graph.output) == sorted([*HEADS, "age_years"])
     meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["regression_heads"]) == ["age_years"]
     assert json.loads(meta["classes"]) == {h: list(labels.HEAD_CLASSES[h]) for h in HEADS}
     assert meta["image_size"] == "32" and "RGB 0-255" in meta["input_contract"] and meta["version"]
     # Dynamic batch: 1, 3 and 64 rows through the same session.
@@ -94,7 +95,7 @@ def test_onnx_graph_contract_and_metadata(exported, faces, reference):
 
 def test_saved_model_parity_in_fresh_process(exported, faces, reference):
     got = saved_model_outputs_fresh_process(exported[1] / "saved_model", faces)
-    assert sorted(got) == sorted(HEADS)
+    assert sorted(got) == sorted([*HEADS, "age_years"])
     _assert_close(got, reference, EXPORT_ATOL)
 
 
@@ -107,6 +108,21 @@ def test_keras_reload_parity(exported, faces, reference):
     wrapper = inference_model(keras.saving.load_model(exported[0], compile=False), _info(exported))
     ref = {h: np.asarray(v) for h, v in wrapper(faces, training=False).items()}
     _assert_close(got, ref, KERAS_ATOL)
+
+
+def test_age_years_is_exported_as_regressed(exported, faces):
+    """``age_years`` leaves every artifact as the checkpoint regresses it (years, no softmax)."""
+    import keras
+
+    from ff_keras.inference.predictor import load_predictor
+
+    raw = keras.saving.load_model(exported[0], compile=False)(faces, training=False)
+    want = np.asarray(raw["age_years"]).reshape(-1)
+    for name in ("model.onnx", "saved_model", "model.keras"):
+        p = load_predictor(exported[1] / name)
+        assert p.regression_heads == ["age_years"], name
+        tol = EXPORT_ATOL * max(1.0, np.abs(want).max())  # 1e-4 relative to the largest age
+        np.testing.assert_allclose(p.predict(faces)["age_years"], want, atol=tol)
 
 
 def _info(exported):

@@ -112,3 +112,26 @@ def test_no_face_and_bad_input():
         detect_faces(blank[..., 0])
     with pytest.raises(ValueError, match="'retina'"):
         detect_faces(blank, "retina")
+
+
+def test_face_filling_the_frame_is_found_on_a_padded_retry(data_root):
+    """MTCNN misses a face that fills a FairFace crop; the padded second look finds it, with
+    its box and landmarks in the crop's own pixels."""
+    crop = np.asarray(Image.open(data_root / "fairface" / "val" / "10055.jpg").convert("RGB"))
+    assert detect_faces(crop, "mtcnn", retry_padded=False) == []
+    (face,) = detect_faces(crop, "mtcnn")
+    assert ((face.landmarks >= 0) & (face.landmarks < 224)).all()
+    x, y, w, h = face.box
+    assert -0.25 * 224 < x < 112 < x + w and -0.25 * 224 < y < 112 < y + h
+
+
+def test_detection_on_a_bounded_copy_maps_boxes_back(composite):
+    """Detecting on a copy of a quarter of the pixels finds the same faces and crops them alike."""
+    rgb = composite.image
+    full = detect_faces(rgb, "dlib_hog", min_face=80)
+    small = detect_faces(rgb, "dlib_hog", min_face=80, max_pixels=rgb.shape[0] * rgb.shape[1] // 4)
+    assert len(small) == len(full) == len(composite.boxes)
+    for a, b in zip(full, small):
+        # The detector's own box jitters with scale; the aligned crop, from full-size landmarks, does not.
+        assert C.quad_iou(chip_quad(a), chip_quad(b)) > REPRODUCE_IOU
+        assert np.abs(a.landmarks.mean(0) - b.landmarks.mean(0)).max() < 0.05 * a.box[2]

@@ -65,11 +65,13 @@ def test_folder_json_boxes_and_annotations(ckpt, photos, tmp_path):
 
     by_image = {}
     for rec in doc["faces"]:
-        assert set(rec) == {"image", "face", "detector", "box", "confidence", "landmarks", "predictions"}
+        # The service's per-face fields: per-head results under "heads", age in years beside them.
+        assert set(rec) == {"image", "face", "detector", "box", "confidence", "landmarks", "heads", "age_years"}
+        assert isinstance(rec["age_years"], float)
         assert len(rec["box"]) == 4 and all(isinstance(v, int) for v in rec["box"])
         assert np.array(rec["landmarks"]).shape == (5, 2) and isinstance(rec["confidence"], float)
-        assert set(rec["predictions"]) == {"age", "gender", "race"}
-        for pred in rec["predictions"].values():
+        assert set(rec["heads"]) == {"age", "gender", "race"}
+        for pred in rec["heads"].values():
             probs = pred["probabilities"]
             assert abs(sum(probs.values()) - 1) < 1e-4
             assert pred["label"] == max(probs, key=probs.get)
@@ -95,7 +97,7 @@ def test_table_with_detector_none(ckpt, data_root):
     res = run_cli(*crops, "--model", str(ckpt), "--detector", "none")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
-    assert lines[0].split() == ["image", "face", "box", "conf", "age", "gender", "race"]
+    assert lines[0].split() == ["image", "face", "box", "conf", "age", "gender", "race", "age_years"]
     assert [ln.split()[0] for ln in lines[2:4]] == [Path(c).name for c in crops]
     assert "0,0,224,224" in lines[2]
     assert lines[-1].startswith("2 faces in 2 photos")
@@ -132,4 +134,4 @@ def test_faces_from_all_photos_are_classified_in_batches(ckpt, photos):
     folder, _ = photos
     report = analyze([folder / "composite.png"] * 2, predictor, "dlib", batch_size=4, min_face=80)
     assert len(report.records) == 6 and sizes == [4, 2]
-    assert all("predictions" in r for r in report.records)
+    assert all("heads" in r and "age_years" in r for r in report.records)

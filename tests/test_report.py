@@ -254,3 +254,28 @@ def test_onnx_export_gives_the_same_report_numbers(evaluated, data_root):
         assert math.isclose(ca["nll_before"], cb["nll_before"], rel_tol=1e-3), head
     # The export keeps only the contract heads, so UTKFace's race head is reported as skipped.
     assert "race_utk" in onnx_run["tables"]["utkface"]["skipped"]
+
+
+def test_exported_model_reports_age_mae(tmp_path, data_root):
+    """An ONNX export carries ``age_years``, so its evaluation reports UTKFace's MAE, equal to
+    the checkpoint's."""
+    from export_helpers import tiny_checkpoint
+
+    from ff_keras.evaluation import run as eval_pipeline
+    from ff_keras.config import load_config
+    from ff_keras.inference.export import export_model, load_checkpoint
+    from ff_keras.inference.predictor import load_images
+
+    manifest = _manifests(data_root, tmp_path / "splits")
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    model, info = load_checkpoint(ckpt)
+    images = load_images([data_root / p for p in manifest.rel_path[:4]], SIZE)
+    export_model(model, info, tmp_path / "export", images, formats=("onnx",))
+    cfg = load_config(None, [f"data.manifests_dir={tmp_path / 'splits'}", "evaluation.n_boot=20",
+                             f"evaluation.leakage_report={tmp_path / 'x'}", "evaluation.identity_cache=null"])
+    mae = {
+        p.suffix: eval_pipeline.run_evaluation(p, "test", cfg)["tables"]["utkface"]["age_years"]
+        for p in (ckpt, tmp_path / "export" / "model.onnx")
+    }
+    assert mae[".onnx"]["n"] == mae[".keras"]["n"] > 0
+    assert math.isclose(mae[".onnx"]["mae"], mae[".keras"]["mae"], rel_tol=1e-4)

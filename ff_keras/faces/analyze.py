@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from ff_keras.faces.detect import DETECTORS, Face, detect_and_align
+from ff_keras.data.image_decode import ImageError, decode_image
 
 NO_DETECTOR = "none"
 # CLI spellings: "dlib" is dlib's HOG detector, the fast one.
@@ -65,16 +66,16 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB with the EXIF orientation applied (phone photos are stored sideways).
+    """uint8 [H, W, 3] RGB with the EXIF orientation applied (phone photos are stored sideways),
+    decoded as the service decodes uploads (JPEG, PNG or WebP; 16-bit scaled to 8 bit).
 
     Raises:
-        ValueError: naming the file when it is missing or not a decodable image.
+        ValueError: naming the file when it is missing, too small or not a decodable image.
     """
     try:
-        with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+        return decode_image(path, str(path)).rgb
+    except ImageError as err:
+        raise ValueError(f"cannot read image {err}") from err
 
 
 def analyze(
@@ -97,8 +98,8 @@ def analyze(
     def flush() -> None:
         if pending:
             chips = np.stack([c for _, c in pending])
-            for (rec, _), pred in zip(pending, predictor.predict_labels(chips)):
-                rec["predictions"] = pred
+            for (rec, _), result in zip(pending, predictor.predict_results(chips)):
+                rec.update(result)
             pending.clear()
 
     paths = list(paths)
@@ -138,14 +139,17 @@ def _face_fields(face: Face | None, rgb: np.ndarray) -> dict:
 
 def format_table(records: Sequence[dict], heads: Sequence[str]) -> str:
     """A fixed-width table: one row per face with each head's top label and its probability."""
-    cols = ["image", "face", "box", "conf"] + list(heads)
+    years = any(r.get("age_years") is not None for r in records)
+    cols = ["image", "face", "box", "conf"] + list(heads) + (["age_years"] if years else [])
     rows = []
     for r in records:
         conf = "-" if r["confidence"] is None else f"{r['confidence']:.2f}"
         row = [Path(r["image"]).name, str(r["face"]), ",".join(map(str, r["box"])), conf]
         for h in heads:
-            p = r["predictions"][h]
+            p = r["heads"][h]
             row.append(f"{p['label']} ({p['probabilities'][p['label']]:.2f})")
+        if years:
+            row.append("-" if r.get("age_years") is None else f"{r['age_years']:.1f}")
         rows.append(row)
     widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
@@ -165,7 +169,8 @@ def draw_faces(rgb: np.ndarray, records: Sequence[dict], heads: Sequence[str]) -
         draw.rectangle([x, y, x + w, y + h], outline=(0, 255, 0), width=line)
         for px, py in r["landmarks"] or []:
             draw.ellipse([px - line, py - line, px + line, py + line], fill=(255, 0, 0))
-        text = "\n".join([f"#{r['face']}"] + [r["predictions"][hd]["label"] for hd in heads])
+        years = [] if r.get("age_years") is None else [f"~{r['age_years']:.0f} years"]
+        text = "\n".join([f"#{r['face']}"] + [r["heads"][hd]["label"] for hd in heads] + years)
         box = draw.multiline_textbbox((x, y + h + line), text, font=font)
         draw.rectangle(box, fill=(0, 0, 0))
         draw.multiline_text((x, y + h + line), text, fill=(255, 255, 255), font=font)

@@ -2,7 +2,8 @@
 
 All three carry the same inference contract (``model_info.INPUT_CONTRACT``): input ``image``
 float32 [N, H, W, 3] RGB 0-255; outputs ``age``/``gender``/``race`` probabilities =
-softmax(logits / T_head). Every writer reloads what it wrote and compares it with the Keras
+softmax(logits / T_head) and, when the model was trained with it, ``age_years`` [N, 1] (age in
+years, as regressed). Every writer reloads what it wrote and compares it with the Keras
 reference on real faces; a violation raises ``ParityError`` so a bad artifact never ships.
 The SavedModel is read back in a fresh process, as a downstream service would.
 """
@@ -10,7 +11,6 @@ The SavedModel is read back in a fresh process, as a downstream service would.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import subprocess
@@ -25,8 +25,8 @@ import numpy as np
 
 from ff_keras import labels
 from ff_keras.data.crops import fairface_val_crops
-from ff_keras.model_info import ModelInfo, load_info, save_info
 from ff_keras.inference.predictor import argmax_agreement, load_images
+from ff_keras.model_info import ModelInfo, load_info, onnx_metadata, save_info
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,15 @@ def check_parity(
     name: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarray], heads: Sequence[str], atol: float
 ) -> dict[str, dict[str, float]]:
     """Max-abs difference and argmax agreement per head; raises ParityError if either fails."""
-    agree = argmax_agreement(reference, got, heads)
     result = {}
     for h in heads:
-        if got[h].shape != reference[h].shape:
+        want, have = reference[h], got[h]
+        if h in labels.REGRESSION_HEADS:  # [N] or [N, 1] years; argmax means nothing here
+            want, have = want.reshape(-1), have.reshape(-1)
+        if have.shape != want.shape:
             raise ParityError(f"{name}: head {h} shape {got[h].shape} != reference {reference[h].shape}")
-        result[h] = {"max_abs": float(np.max(np.abs(got[h] - reference[h]))), "argmax_agreement": agree[h]}
+        agree = 1.0 if h in labels.REGRESSION_HEADS else argmax_agreement({h: want}, {h: have}, [h])[h]
+        result[h] = {"max_abs": float(np.max(np.abs(have - want))), "argmax_agreement": agree}
     bad = {h: r for h, r in result.items() if r["max_abs"] > atol or r["argmax_agreement"] < 1.0}
     if bad:
         raise ParityError(f"{name} disagrees with Keras (atol {atol}, argmax must agree 100%): {bad}")
@@ -124,14 +127,17 @@ def inference_model(model, info: ModelInfo):
     image = keras.Input((size, size, 3), name="image", dtype="float32")
     logits = model(image, training=False)
     outputs = {}
-    for head in info.heads:
+    for head in [*info.heads, *info.regression_heads]:
         if head not in logits:
             raise ValueError(f"model has no {head!r} output; it has {sorted(logits)}")
+    for head in info.heads:
         t = float(info.temperature.get(head, 1.0))
         if t <= 0:
             raise ValueError(f"temperature for {head} must be > 0, got {t}")
         scaled = keras.layers.Rescaling(1.0 / t, name=f"{head}_temperature")(logits[head])
         outputs[head] = keras.layers.Softmax(name=f"{head}_probs", dtype="float32")(scaled)
+    for head in info.regression_heads:  # years as the model predicts them: no softmax
+        outputs[head] = keras.layers.Identity(name=f"{head}_out", dtype="float32")(logits[head])
     return keras.Model(image, outputs, name="ff_keras_inference")
 
 
@@ -200,18 +206,6 @@ def export_saved_model(model, path: Path, images: np.ndarray, reference: dict[st
     return check_parity("saved_model", reference, got, list(reference), EXPORT_ATOL)
 
 
-def onnx_metadata(info: ModelInfo) -> dict[str, str]:
-    return {
-        "classes": json.dumps({h: info.classes[h] for h in info.heads}),
-        "image_size": str(info.image_size),
-        "input_contract": info.input_contract,
-        "outputs": "probabilities = softmax(logits / temperature)",
-        "temperature": json.dumps({h: info.temperature.get(h, 1.0) for h in info.heads}),
-        "backbone": info.backbone,
-        "version": info.version,
-    }
-
-
 def export_onnx(
     model, path: Path, info: ModelInfo, images: np.ndarray, reference: dict[str, np.ndarray], opset: int = OPSET
 ) -> dict:
@@ -225,7 +219,7 @@ def export_onnx(
     for out in proto.graph.output:
         out.type.tensor_type.shape.dim[0].dim_param = "batch"
     outputs = [o.name for o in proto.graph.output]
-    if sorted(outputs) != sorted(info.heads) or proto.graph.input[0].name != "image":
+    if sorted(outputs) != sorted([*info.heads, *info.regression_heads]) or proto.graph.input[0].name != "image":
         raise ParityError(f"ONNX graph has input {proto.graph.input[0].name!r}, outputs {outputs}")
     onnx.helper.set_model_props(proto, onnx_metadata(info))
     onnx.checker.check_model(proto, full_check=True)
@@ -260,10 +254,15 @@ def export_model(
                     "over real faces)", len(images), N_PARITY)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = replace(info, heads=[h for h in info.heads if h in labels.CONTRACT_HEADS] or list(labels.CONTRACT_HEADS))
+    outputs = list(model.output) if isinstance(model.output, dict) else list(model.output_names)
+    info = replace(
+        info,
+        heads=[h for h in info.heads if h in labels.CONTRACT_HEADS] or list(labels.CONTRACT_HEADS),
+        regression_heads=[h for h in labels.REGRESSION_HEADS if h in outputs],
+    )
     wrapper = inference_model(model, info)
     images = images.astype(np.float32)
-    reference = _keras_predict(wrapper, images, info.heads)
+    reference = _keras_predict(wrapper, images, [*info.heads, *info.regression_heads])
     report = ExportReport(out, n_parity_images=len(images))
     writers = {
         "keras": (out / "model.keras", lambda p: export_keras(wrapper, p, images, reference)),

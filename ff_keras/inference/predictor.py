@@ -4,7 +4,8 @@
 path and never imports TensorFlow (TF costs seconds of start-up and ~1 GB of memory per
 worker); TF/Keras are imported only inside the Keras and SavedModel backends.
 
-Every backend returns probabilities per head. A training checkpoint (``info.outputs ==
+Every backend returns probabilities per head, plus ``age_years`` (years, [N]) when the
+artifact has that regression output. A training checkpoint (``info.outputs ==
 "logits"``) is softmaxed here with the sidecar's temperature, so the same numbers come out
 whichever artifact is loaded.
 """
@@ -19,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from ff_keras.labels import REGRESSION_HEADS
-from ff_keras.model_info import ModelInfo, load_info
 from ff_keras.data.preprocess import square_resize_np
+from ff_keras.model_info import ModelInfo, check_onnx_agrees, load_info
 
 
 def prepare_face(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
@@ -65,8 +66,13 @@ class Predictor:
 
     @property
     def regression_heads(self) -> list[str]:
-        """Raw (not softmaxed) heads such as ``age_years``; only training checkpoints have them."""
+        """Raw (not softmaxed) outputs such as ``age_years`` that this artifact has."""
         return []
+
+    def _check_regression_heads(self, outputs: Sequence[str]) -> None:
+        missing = [h for h in self.info.regression_heads if h not in outputs]
+        if missing:
+            raise ValueError(f"{self.path}: model_info.json lists {missing} but the model has no such output")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -112,6 +118,18 @@ class Predictor:
     def predict_labels(self, images: np.ndarray) -> list[dict[str, dict]]:
         return self.labels_from_probs(self.predict(images))
 
+    def results_from_probs(self, probs: dict[str, np.ndarray]) -> list[dict]:
+        """One ``{"heads": {head: {"label", "probabilities"}}, "age_years": float | None}``
+        per image: the record the CLI's ``--json`` and the service share."""
+        years = probs.get("age_years")
+        return [
+            {"heads": heads, "age_years": None if years is None else round(float(years[i]), 1)}
+            for i, heads in enumerate(self.labels_from_probs(probs))
+        ]
+
+    def predict_results(self, images: np.ndarray) -> list[dict]:
+        return self.results_from_probs(self.predict(images))
+
 
 class OnnxPredictor(Predictor):
     """One ONNX Runtime session; ``threads`` sets intra-op parallelism (None = ORT default).
@@ -141,16 +159,24 @@ class OnnxPredictor(Predictor):
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            raise ValueError(f"{path} is not a loadable ONNX model: {str(err).splitlines()[0]}") from err
         names = [o.name for o in self.session.get_outputs()]
-        missing = [h for h in self.heads if h not in names]
-        if missing:
-            raise ValueError(f"{path} lacks outputs {missing}; it has {names}")
-        self.input_name = self.session.get_inputs()[0].name
+        (model_input,) = self.session.get_inputs()
+        check_onnx_agrees(info, self.session.get_modelmeta().custom_metadata_map, model_input.shape, names, path)
+        self.input_name = model_input.name
+        self._regression = [h for h in REGRESSION_HEADS if h in names]
+        self._outputs = [*self.heads, *self._regression]
+
+    @property
+    def regression_heads(self) -> list[str]:
+        return list(self._regression)
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(self.heads, {self.input_name: batch})
-        return dict(zip(self.heads, values))
+        values = self.session.run(self._outputs, {self.input_name: batch})
+        return dict(zip(self._outputs, values))
 
 
 class KerasPredictor(Predictor):
@@ -165,10 +191,14 @@ class KerasPredictor(Predictor):
 
         self._tf = tf
         self.model = keras.saving.load_model(str(path), compile=False)
+        # Dict outputs are keyed by head; their layer names (``age_probs``...) differ.
+        outputs = list(self.model.output) if isinstance(self.model.output, dict) else self.model.output_names
+        self._check_regression_heads(outputs)
+        self._regression = [h for h in REGRESSION_HEADS if h in outputs]
 
     @property
     def regression_heads(self) -> list[str]:
-        return [h for h in REGRESSION_HEADS if h in self.model.output_names]
+        return list(self._regression)
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         out = self.model(batch, training=False)
@@ -186,10 +216,17 @@ class SavedModelPredictor(Predictor):
         self._tf = tf
         self.loaded = tf.saved_model.load(str(path))
         self.fn = self.loaded.signatures["serving_default"]
+        outputs = list(self.fn.structured_outputs)
+        self._check_regression_heads(outputs)
+        self._regression = [h for h in REGRESSION_HEADS if h in outputs]
+
+    @property
+    def regression_heads(self) -> list[str]:
+        return list(self._regression)
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         out = self.fn(image=self._tf.constant(batch))
-        return {h: out[h].numpy() for h in self.heads}
+        return {h: out[h].numpy() for h in [*self.heads, *self._regression]}
 
 
 def _import_tf(threads: int | None):
@@ -213,7 +250,8 @@ def load_predictor(
 
     Raises:
         FileNotFoundError: if the path or its sidecar is missing.
-        ValueError: if the path is none of the three formats.
+        ValueError: if the path is none of the three formats, or the model and its sidecar
+            disagree (input size, class names, outputs); the message is one line.
     """
     p = Path(path)
     if not p.exists():

@@ -1,20 +1,30 @@
 """FastAPI service: validated image uploads -> micro-batched ONNX Runtime -> labels per face.
 
-``create_app(model_path)`` builds a self-contained app (one Predictor, one MicroBatcher);
-``app_from_env`` is the factory uvicorn calls in each worker process (``--workers N``), so
-every worker owns its session and batcher. No TensorFlow is imported for an ``.onnx`` model.
+``create_app(model_path)`` builds a self-contained app (one Predictor, one MicroBatcher, one
+small decode pool); ``app_from_env`` is the factory uvicorn calls in each worker process
+(``--workers N``), so every worker owns its session and batcher. TensorFlow is imported only
+for ``.keras`` / SavedModel models and for the MTCNN detector.
+
+Uploads are decoded in a fixed pool of ``decode_threads`` threads: that bounds how many
+images are decoded (and faces detected) at once, each pool thread keeps its own detector, and
+one slow photo occupies one thread while the others keep answering. Large JPEGs are decoded
+at reduced scale (``image_decode``), faces are detected on a copy of at most
+``detect_max_pixels``, and each request may decode at most ``max_request_pixels`` in all.
 
 Face detection hook: pass ``face_pipeline(rgb_uint8[H, W, 3], size) -> (faces, chips)`` where
 ``faces[i].box`` is [x, y, w, h], ``faces[i].confidence`` a float and ``chips`` uint8
 [F, size, size, 3] aligned crops (``ff_keras.faces.detect.detect_and_align`` has this shape).
-``/predict?detect=true`` uses it; without one, the whole image is one aligned face.
+``/predict?detect=true`` uses it; with detector ``none``, the whole image is one aligned face.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import functools
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,19 +32,23 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image, ImageOps, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
+from PIL import Image
 
+from ff_keras.faces.analyze import NO_DETECTOR, resolve_detector
+from ff_keras.faces.detect import DEFAULT_DETECTOR, DETECTORS
+from ff_keras.data.image_decode import FORMATS, MIN_SIDE, DecodedImage, ImageError, PixelBudget, decode_image
 from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
 from ff_keras.serve.batching import MicroBatcher
+from ff_keras.serve.limits import BodyLimit
 
 STATIC = Path(__file__).parent / "static"
-CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff")
+CONTENT_TYPES = tuple(FORMATS.values())
 ENV_PREFIX = "FF_SERVE_"
 DetectFlag = Annotated[
-    bool, Query(description="detect and align faces first (whole image = one face if no detector)")
+    bool, Query(description="detect and align every face first (detector \"none\": whole image = one face)")
 ]
 FacePipeline = Callable[[np.ndarray, int], tuple[list[Any], np.ndarray]]
 
@@ -44,15 +58,24 @@ class ServeSettings:
     """Service knobs; round-trips through ``FF_SERVE_*`` env vars for uvicorn worker processes."""
 
     model_path: str = ""
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB: enough for phones
+    max_upload_bytes: int = 10 * 1024 * 1024  # one file
+    max_request_bytes: int = 32 * 1024 * 1024  # a whole request body, counted as it streams in
+    max_pixels: int = 40_000_000  # one image, from its header: a 40 MP photo is enough for phones
+    max_request_pixels: int = 100_000_000  # decoded pixels per request (after reduced-scale decoding)
+    detect_max_pixels: int = 2_000_000  # faces are detected on a copy this small (boxes mapped back)
     max_files: int = 16
+    decode_threads: int = 2  # images decoded / faces detected at once per worker
     batching: bool = True
     max_batch: int = 32
     max_wait_ms: float = 5.0
     threads: int = 0  # ORT intra-op threads; 0 = ORT's default
     ort_spinning: bool = False  # busy-waiting ORT threads would starve the event loop of CPU
-    detector: str = "none"  # a ff_keras.faces detector name, or "none"
+    detector: str = DEFAULT_DETECTOR  # a ff_keras.faces detector name (CLI spellings), or "none"
+    # Connection limits, applied by scripts/serve.py through uvicorn.
+    keep_alive_s: int = 5
+    head_timeout_s: float = 10.0
+    max_head_bytes: int = 32 * 1024
+    limit_concurrency: int = 128
 
     def to_env(self) -> dict[str, str]:
         return {ENV_PREFIX + k.upper(): str(v) for k, v in asdict(self).items()}
@@ -66,58 +89,70 @@ class ServeSettings:
             if raw is None:
                 continue
             kind = type(f.default)
-            kwargs[f.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+            try:
+                kwargs[f.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+            except ValueError as err:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from err
         if not kwargs.get("model_path"):
             raise ValueError(f"set {ENV_PREFIX}MODEL_PATH to the model to serve")
         return cls(**kwargs)
 
 
-def detector_pipeline(name: str) -> FacePipeline | None:
+def detector_pipeline(name: str, max_pixels: int | None = None) -> FacePipeline | None:
     """The ``face_pipeline`` for a detector name from ``ff_keras.faces`` (None for "none")."""
-    if name == "none":
+    name = resolve_detector(name)
+    if name == NO_DETECTOR:
         return None
     from ff_keras.faces.detect import detect_and_align
 
-    return lambda rgb, size: detect_and_align(rgb, detector=name, size=size)
+    return functools.partial(_detect_and_align, detect_and_align, name, max_pixels)
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """Bytes -> uint8 RGB [H, W, 3]; every failure is an HTTPException naming the file."""
+def _detect_and_align(fn, name: str, max_pixels: int | None, rgb: np.ndarray, size: int):
+    return fn(rgb, detector=name, size=size, max_pixels=max_pixels)
+
+
+def load_checked_predictor(settings: ServeSettings) -> Predictor:
+    """Loads the model and answers one request's worth of input with it, so a model that
+    cannot serve fails start-up with one clear line instead of failing every ``/predict``.
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming what is missing or disagrees.
+    """
+    predictor = load_predictor(
+        settings.model_path, threads=settings.threads or None, batch_size=settings.max_batch,
+        spinning=settings.ort_spinning,
+    )
+    size = predictor.info.image_size
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size  # header only: checked before any pixel is decoded
-            if w * h > max_pixels:
-                raise HTTPException(
-                    413, f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
-                    "(decompression-bomb guard)",
-                )
-            im = ImageOps.exif_transpose(im)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Image.DecompressionBombError as err:
-        raise HTTPException(413, f"{name}: {err}") from err
-    except UnidentifiedImageError as err:
-        raise HTTPException(422, f"{name}: not a decodable image (corrupt data or unsupported format)") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise HTTPException(422, f"{name}: image data is truncated or corrupt ({err})") from err
-    if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
-        raise HTTPException(422, f"{name}: decoded to an empty image {rgb.shape}")
-    return rgb
+        out = predictor.predict(np.zeros((1, size, size, 3), np.float32))
+    except Exception as err:  # noqa: BLE001 - whatever the runtime raises, start-up must say it in one line
+        raise ValueError(f"{settings.model_path} failed on a {size}x{size} test input: {err}") from err
+    for head in predictor.heads:
+        n = len(predictor.info.classes[head])
+        if out[head].shape != (1, n):
+            raise ValueError(
+                f"{settings.model_path}: head {head} gives shape {out[head].shape}, expected (1, {n})"
+            )
+    return predictor
 
 
-async def read_upload(upload: UploadFile, settings: ServeSettings) -> bytes:
-    """Checks type, size and emptiness of one upload; returns its bytes."""
-    name = upload.filename or "upload"
-    ctype = (upload.content_type or "").split(";")[0].strip().lower()
-    if ctype not in CONTENT_TYPES:
-        raise HTTPException(
-            415, f"{name}: content type {ctype or 'missing'!r} is not supported; send one of {list(CONTENT_TYPES)}"
-        )
-    data = await upload.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise HTTPException(413, f"{name}: file is larger than the {settings.max_upload_bytes}-byte upload limit")
-    if not data:
-        raise HTTPException(400, f"{name}: empty file")
-    return data
+def _warm_pool(pool: ThreadPoolExecutor, n: int, detector: str) -> None:
+    """Builds one detector per pool thread now (start-up), not on the first requests."""
+    from ff_keras.faces.detect import load_detector
+
+    barrier = threading.Barrier(n)
+
+    def warm() -> None:
+        load_detector(detector)
+        barrier.wait(timeout=600)  # n tasks running at once = n distinct threads
+
+    for f in [pool.submit(warm) for _ in range(n)]:
+        f.result()
+
+
+def _http_error(err: ImageError) -> HTTPException:
+    return HTTPException(err.status, str(err))
 
 
 def create_app(
@@ -130,19 +165,25 @@ def create_app(
     settings = settings or ServeSettings()
     settings.model_path = str(model_path)
     if face_pipeline is None:
-        face_pipeline = detector_pipeline(settings.detector)
-    elif settings.detector == "none":
+        settings.detector = resolve_detector(settings.detector)
+        face_pipeline = detector_pipeline(settings.detector, settings.detect_max_pixels)
+    else:
         settings.detector = getattr(face_pipeline, "__name__", "custom")
-    predictor = predictor or load_predictor(
-        model_path, threads=settings.threads or None, batch_size=settings.max_batch, spinning=settings.ort_spinning
-    )
+    predictor = predictor or load_checked_predictor(settings)
+    size = predictor.info.image_size
     batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)
+    pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="ff-decode")
+    if face_pipeline is not None and settings.detector in DETECTORS:
+        _warm_pool(pool, settings.decode_threads, settings.detector)
+    # Pillow's own bomb guard (it raises above twice this) backs up the header check below.
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
         yield
         await batcher.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="ff_keras face attributes",
@@ -151,81 +192,107 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings, app.state.predictor, app.state.batcher = settings, predictor, batcher
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     errors = {c: {"model": schemas.ErrorResponse} for c in (400, 413, 415, 422)}
-    body_limit = settings.max_upload_bytes * settings.max_files + 64 * 1024
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        # Refuse an oversized body before multipart parsing spools it to disk.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > body_limit:
-            return JSONResponse({"detail": f"request body of {length} bytes exceeds the {body_limit}-byte limit"}, 413)
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+            problems.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
+        hint = " (send images as multipart/form-data: field 'file' for /predict, 'files' for /predict/batch)"
+        return JSONResponse({"detail": "invalid request: " + "; ".join(problems) + hint}, 422)
 
-    _prediction_routes(app, settings, predictor, batcher, face_pipeline, errors)
-    _info_routes(app, settings, predictor, batcher, face_pipeline)
-    return app
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has details"}, 500)
 
-
-def _prediction_routes(app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
-                       face_pipeline: FacePipeline | None, errors: dict) -> None:
-    """``POST /predict`` and ``/predict/batch``: uploads -> faces -> one batched model call."""
-    size = predictor.info.image_size
-
-    def faces_of(rgb: np.ndarray, detect: bool) -> tuple[list[dict], np.ndarray]:
-        h, w = rgb.shape[:2]
+    def faces_of(image: DecodedImage, detect: bool) -> tuple[list[dict], np.ndarray]:
+        w, h = image.size
         if not detect or face_pipeline is None:
-            return [{"box": [0, 0, w, h], "confidence": None}], prepare_face(rgb, size)[None]
-        found, chips = face_pipeline(rgb, size)
-        boxes = [{"box": [int(v) for v in f.box], "confidence": float(f.confidence)} for f in found]
-        chips = (np.stack([prepare_face(c, size) for c in chips]) if len(chips)
-                 else np.zeros((0, size, size, 3), np.float32))
-        return boxes, chips
-
-    def decode_and_find_faces(data: bytes, name: str, detect: bool) -> tuple[np.ndarray, list[dict], np.ndarray]:
-        rgb = decode_upload(data, name, settings.max_pixels)
-        return (rgb, *faces_of(rgb, detect))
-
-    async def predict_images(uploads: list[UploadFile], detect: bool) -> list[schemas.PredictResponse]:
-        blobs = [await read_upload(u, settings) for u in uploads]
-        # One thread hop per image (decode, detect, crop): hops cost CPU the event loop needs.
-        per_image = [
-            await run_in_threadpool(decode_and_find_faces, data, u.filename or "upload", detect)
-            for u, data in zip(uploads, blobs)
+            return [{"box": [0, 0, w, h], "confidence": None}], prepare_face(image.rgb, size)[None]
+        found, chips = face_pipeline(image.rgb, size)
+        boxes = [
+            {"box": [round(v / image.scale) for v in f.box], "confidence": float(f.confidence)} for f in found
         ]
-        batch = np.concatenate([chips for _, _, chips in per_image])
-        labels = predictor.labels_from_probs(await batcher.predict(batch)) if len(batch) else []
-        detector = settings.detector if detect and face_pipeline is not None else "none"
-        results, start = [], 0
-        for upload, (rgb, boxes, chips) in zip(uploads, per_image):
-            faces = [
-                schemas.FacePrediction(heads=labels[start + i], **box) for i, box in enumerate(boxes)
-            ]
+        if not len(chips):
+            return boxes, np.zeros((0, size, size, 3), np.float32)
+        return boxes, np.stack([prepare_face(c, size) for c in chips])
+
+    def decode_and_find_faces(data: bytes, name: str, detect: bool, budget: PixelBudget):
+        detecting = detect and face_pipeline is not None
+        image = decode_image(
+            data, name, settings.max_pixels, MIN_SIDE, budget=budget,
+            min_decoded_side=0 if detecting else size,
+            min_decoded_pixels=settings.detect_max_pixels if detecting else 0,
+        )
+        return (image, *faces_of(image, detect))
+
+    async def read_upload(upload: UploadFile) -> bytes:
+        name = upload.filename or "upload"
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ImageError(f"{name}: file is larger than the {settings.max_upload_bytes}-byte upload limit", 413)
+        return data
+
+    async def one_image(upload: UploadFile, detect: bool, budget: PixelBudget):
+        """(image, boxes, chips) or the ImageError for this upload."""
+        name = upload.filename or "upload"
+        try:
+            data = await read_upload(upload)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(pool, decode_and_find_faces, data, name, detect, budget)
+        except ImageError as err:
+            return err
+
+    async def predict_images(
+        uploads: list[UploadFile], detect: bool
+    ) -> list[schemas.PredictResponse | ImageError]:
+        budget = PixelBudget(settings.max_request_pixels)
+        per_image = [await one_image(u, detect, budget) for u in uploads]
+        ok = [p for p in per_image if not isinstance(p, ImageError)]
+        batch = np.concatenate([chips for _, _, chips in ok]) if ok else np.zeros((0, size, size, 3), np.float32)
+        results = predictor.results_from_probs(await batcher.predict(batch)) if len(batch) else []
+        detector = settings.detector if detect and face_pipeline is not None else NO_DETECTOR
+        out, start = [], 0
+        for upload, item in zip(uploads, per_image):
+            if isinstance(item, ImageError):
+                out.append(item)
+                continue
+            image, boxes, chips = item
+            faces = [schemas.FacePrediction(**results[start + i], **box) for i, box in enumerate(boxes)]
             start += len(chips)
-            results.append(schemas.PredictResponse(
-                filename=upload.filename, width=rgb.shape[1], height=rgb.shape[0], detector=detector, faces=faces,
+            out.append(schemas.PredictResponse(
+                filename=upload.filename, width=image.size[0], height=image.size[1], detector=detector,
+                faces=faces,
             ))
-        return results
+        return out
 
     @app.post("/predict", response_model=schemas.PredictResponse, responses=errors)
     async def predict(file: Annotated[UploadFile, File(description="a face photo")], detect: DetectFlag = False):
         """Labels and probabilities per head for each face in one image."""
-        return (await predict_images([file], detect))[0]
+        (result,) = await predict_images([file], detect)
+        if isinstance(result, ImageError):
+            raise _http_error(result)
+        return result
 
     @app.post("/predict/batch", response_model=schemas.BatchPredictResponse, responses=errors)
     async def predict_batch(
         files: Annotated[list[UploadFile], File(description="face photos")], detect: DetectFlag = False
     ):
-        """Several images in one request; their faces share one model call."""
+        """Several images in one request; their faces share one model call. A file that
+        cannot be used gets an error entry in its place; the others are still answered."""
         if len(files) > settings.max_files:
             raise HTTPException(413, f"{len(files)} files sent; at most {settings.max_files} per request")
-        return schemas.BatchPredictResponse(results=await predict_images(files, detect))
-
-
-
-def _info_routes(app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
-                 face_pipeline: FacePipeline | None) -> None:
-    """``GET /health``, ``/metadata`` and the demo page."""
+        results = [
+            schemas.FileError(filename=f.filename, status=r.status, detail=str(r))
+            if isinstance(r, ImageError) else r
+            for f, r in zip(files, await predict_images(files, detect))
+        ]
+        return schemas.BatchPredictResponse(
+            results=results, errors=sum(isinstance(r, schemas.FileError) for r in results)
+        )
 
     def batching_info() -> schemas.BatchingInfo:
         return schemas.BatchingInfo(
@@ -233,11 +300,18 @@ def _info_routes(app: FastAPI, settings: ServeSettings, predictor: Predictor, ba
             **batcher.stats.as_dict(),
         )
 
-    @app.get("/health", response_model=schemas.HealthResponse)
+    def detector_name() -> str:
+        return settings.detector if face_pipeline is not None else NO_DETECTOR
+
+    @app.get("/health", response_model=schemas.HealthResponse, responses={503: {"model": schemas.ErrorResponse}})
     async def health():
-        """Liveness/readiness probe for load balancers: the model is loaded and the batcher runs."""
+        """Readiness probe: 200 only while this worker can answer ``/predict`` (model loaded and
+        checked at start-up, micro-batcher running); 503 otherwise."""
+        if not batcher.running:
+            return JSONResponse({"detail": "the micro-batcher has stopped; this worker cannot predict"}, 503)
         return schemas.HealthResponse(
             status="ok", model=Path(settings.model_path).name, backend=predictor.backend, pid=os.getpid(),
+            heads=predictor.heads, regression_heads=predictor.regression_heads, detector=detector_name(),
             batching=batching_info(),
         )
 
@@ -248,12 +322,15 @@ def _info_routes(app: FastAPI, settings: ServeSettings, predictor: Predictor, ba
         return schemas.MetadataResponse(
             model=Path(settings.model_path).name, backend=predictor.backend, version=info.version,
             backbone=info.backbone, image_size=info.image_size, heads=list(info.heads),
+            regression_heads=predictor.regression_heads,
             classes={h: list(info.classes[h]) for h in info.heads},
             temperature={h: float(info.temperature.get(h, 1.0)) for h in info.heads},
             input_contract=info.input_contract,
-            detector=settings.detector if face_pipeline is not None else "none",
+            detector=detector_name(),
             limits=schemas.Limits(
-                max_upload_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                max_upload_bytes=settings.max_upload_bytes, max_request_bytes=settings.max_request_bytes,
+                max_pixels=settings.max_pixels, max_request_pixels=settings.max_request_pixels,
+                detect_max_pixels=settings.detect_max_pixels, min_side=MIN_SIDE,
                 max_files=settings.max_files, content_types=list(CONTENT_TYPES),
             ),
             batching=batching_info(),
@@ -262,6 +339,8 @@ def _info_routes(app: FastAPI, settings: ServeSettings, predictor: Predictor, ba
     @app.get("/", include_in_schema=False)
     async def demo_page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app
 
 
 def app_from_env() -> FastAPI:

@@ -72,6 +72,13 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
 
+    @property
+    def running(self) -> bool:
+        """Whether requests can be answered: the gathering task is alive (always, unbatched)."""
+        if not self.enabled:
+            return not self._executor._shutdown
+        return self._task is not None and not self._task.done()
+
     async def start(self) -> None:
         if self.enabled and self._task is None:
             self._queue = asyncio.Queue()

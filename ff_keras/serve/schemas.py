@@ -1,7 +1,8 @@
 """Response models of the service; FastAPI turns them into the OpenAPI schema at ``/docs``.
 
 Heads are dict keys (``age``, ``gender``, ``race``), the same key used by the model outputs,
-the ONNX output names and ``model_info.json``.
+the ONNX output names and ``model_info.json``; ``age_years`` (a regression output) is a number
+beside them. ``scripts/predict.py --json`` writes the same per-face fields.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ class HeadPrediction(BaseModel):
 class FacePrediction(BaseModel):
     box: list[int] = Field(description="[x, y, width, height] in the uploaded image's pixels")
     heads: dict[str, HeadPrediction]
+    age_years: float | None = Field(
+        None, description="predicted age in years; null when the model has no age_years output"
+    )
     confidence: float | None = Field(None, description="detector score; null when no detector ran")
 
 
@@ -28,8 +32,15 @@ class PredictResponse(BaseModel):
     faces: list[FacePrediction]
 
 
+class FileError(BaseModel):
+    filename: str | None = None
+    status: int = Field(description="the HTTP status this file would get on its own in /predict")
+    detail: str = Field(description="what is wrong with this file, naming it")
+
+
 class BatchPredictResponse(BaseModel):
-    results: list[PredictResponse]
+    results: list[PredictResponse | FileError] = Field(description="one entry per file, in upload order")
+    errors: int = Field(description="how many entries are errors")
 
 
 class ErrorResponse(BaseModel):
@@ -52,14 +63,21 @@ class HealthResponse(BaseModel):
     model: str
     backend: str
     pid: int
+    heads: list[str]
+    regression_heads: list[str]
+    detector: str
     batching: BatchingInfo
 
 
 class Limits(BaseModel):
-    max_upload_bytes: int
-    max_pixels: int
+    max_upload_bytes: int = Field(description="one file")
+    max_request_bytes: int = Field(description="a whole request body")
+    max_pixels: int = Field(description="one image (width x height)")
+    max_request_pixels: int = Field(description="decoded pixels per request")
+    detect_max_pixels: int = Field(description="faces are detected on a copy of at most this size")
+    min_side: int = Field(description="smallest accepted width and height")
     max_files: int
-    content_types: list[str]
+    content_types: list[str] = Field(description="accepted formats, recognised by their bytes")
 
 
 class MetadataResponse(BaseModel):
@@ -69,6 +87,7 @@ class MetadataResponse(BaseModel):
     backbone: str
     image_size: int
     heads: list[str]
+    regression_heads: list[str]
     classes: dict[str, list[str]]
     temperature: dict[str, float]
     input_contract: str
