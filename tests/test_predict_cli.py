@@ -135,3 +135,16 @@ def test_faces_from_all_photos_are_classified_in_batches(ckpt, photos):
     report = analyze([folder / "composite.png"] * 2, predictor, "dlib", batch_size=4, min_face=80)
     assert len(report.records) == 6 and sizes == [4, 2]
     assert all("heads" in r and "age_years" in r for r in report.records)
+
+
+def test_fresh_clone_default_is_the_shipped_model(data_root, tmp_path):
+    """`python scripts/predict.py photo.jpg` with no --model, from any directory, uses models/."""
+    env = {k: v for k, v in os.environ.items() if k != "FF_MODEL"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    photo = data_root / "fairface" / "val" / "1.jpg"
+    out = subprocess.run([sys.executable, str(SCRIPT), str(photo), "--detector", "none", "--json"], check=False,
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["model"].endswith("models/ff_dlib_resnet150.onnx")
+    assert len(doc["faces"]) == 1 and set(doc["faces"][0]["heads"]) >= {"age", "gender", "race"}
