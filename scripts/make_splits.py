@@ -137,7 +137,7 @@ def main() -> int:
     out = Path(args.reports)
     split_report.plot_study(study, params, out / f"{args.report_name}_distances.png")
     split_report.write_json(result, out / f"{args.report_name}.json")
-    (out / f"{args.report_name}.md").write_text(split_report.render_markdown(result))
+    (out / f"{args.report_name}.md").write_text(split_report.render_markdown(result, args.report_name))
     g = leak["groups"]
     step(f"✅ reports in {out}: threshold {params.identity_threshold}, largest group {g['largest']}, "
          f"{g['groups_size_gt1']} groups >1, cross-split {leak['cross_split']}", t0)
