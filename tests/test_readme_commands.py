@@ -37,10 +37,13 @@ PRODUCED = {
         "python scripts/train.py --config configs/dlib_full.yaml train.run_id=release2",
     "artifacts/release2": "--out artifacts/release2",
     "artifacts/model/model.onnx": "--out artifacts/model",
+    "~/ff_data/root": "python scripts/prepare_fairface.py",
 }
+# Data the user brings from outside the repository, and the source the README must name for it.
+EXTERNAL = {"~/ff_data/raw/": "sumanvithaeadala/EthnicityDetection"}
 # Stand-ins for the user's own files and ids in synopsis lines (not files of the repository).
 PLACEHOLDERS = {"PATH", "NAME", "ID", "FILE.pth", "photo.jpg", "photos/", "face.jpg", "file=@face.jpg"}
-OUTPUT_FLAGS = {"--out", "--json"}  # what these name is written, not read
+OUTPUT_FLAGS = {"--out", "--json", "--cache"}  # what these name is written (or resumed), not read
 PATH_LIKE = re.compile(r"(/|\.(ya?ml|onnx|keras|npz|json|csv|pth|pt|jpg|png|txt)$)")
 OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_]+)*=")
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
@@ -172,6 +175,9 @@ def path_ok(path: str, commands: list[str]) -> str | None:
     """None if ``path`` exists, is a placeholder or is produced by a README command; else why not."""
     if path in PLACEHOLDERS or "<" in path:
         return None
+    for prefix, source in EXTERNAL.items():
+        if path.startswith(prefix):
+            return None if source in _readme_text() else f"{path}: the README no longer says where it comes from"
     if any(Path(p).exists() for p in REPO.glob(path)) or (REPO / path).exists():
         return None
     for pattern, producer in PRODUCED.items():
