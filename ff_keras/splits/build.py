@@ -231,36 +231,22 @@ def extend_manifest(
         raise ValueError("embeddings are not aligned with the table's rel_path order")
     _check_base_rows(base, table)
     in_base = table["rel_path"].isin(set(base["rel_path"])).to_numpy()
-    keep_copy, dropped = resolve_exact_duplicates(table, embeddings["sha256"])
-    # Only new rows are dropped here: a base row is never removed by the extension.
-    new_copy_drop = ~in_base & ~keep_copy
-    dropped = dropped.loc[dropped["rel_path"].isin(set(table.loc[new_copy_drop, "rel_path"]))]
+    pool, dropped = _new_rows_after_copy_policy(table, embeddings["sha256"], in_base)
     base_split = base.set_index("rel_path")["split"]
-    # Rows that take part: base rows (as committed) and the new rows that survive the copy policy.
-    pool = np.flatnonzero(in_base | (~in_base & keep_copy))
-    sha_base = set(np.asarray(embeddings["sha256"])[in_base].tolist())
-    copies_of_base = [i for i in pool if not in_base[i] and embeddings["sha256"][i] in sha_base]
-    dropped = pd.concat([dropped, pd.DataFrame(
-        {"rel_path": table["rel_path"].to_numpy()[copies_of_base], "reason": DROP_COPY, "duplicate_of": ""})])
-    pool = np.setdiff1d(pool, copies_of_base)
-    linked, rounds = [], 0
     candidates = candidate_pairs(embeddings["descriptor"][pool], embeddings["dhash"][pool],
                                  embeddings["sha256"][pool], params)
-    alive = np.arange(len(pool))  # positions in ``pool`` still taking part
+    alive, linked, rounds = np.arange(len(pool)), [], 0  # positions in ``pool`` still taking part
     while True:
         rounds += 1
         groups, info = group_pairs(candidates.subset(alive), params)
-        sub = table.iloc[pool[alive]]
-        split = sub["rel_path"].map(base_split).fillna("train").to_numpy()
-        held_out_groups = np.unique(groups[split != "train"])
-        bad = ~in_base[pool[alive]] & np.isin(groups, held_out_groups)
+        split = table["rel_path"].iloc[pool[alive]].map(base_split).fillna("train").to_numpy()
+        bad = ~in_base[pool[alive]] & np.isin(groups, np.unique(groups[split != "train"]))
         if not bad.any():
             break
         linked += pool[alive[bad]].tolist()
         alive = alive[~bad]
     pool = pool[alive]
-    dropped = pd.concat([dropped, pd.DataFrame(
-        {"rel_path": table["rel_path"].to_numpy()[linked], "reason": DROP_LINKED, "duplicate_of": ""})])
+    dropped = pd.concat([dropped, _dropped_rows(table, linked, DROP_LINKED)])
     manifest = table.iloc[pool].assign(group_id=groups, split=split).reset_index(drop=True)
     missing = set(base["rel_path"]) - set(manifest["rel_path"])
     if missing:
@@ -268,6 +254,25 @@ def extend_manifest(
     info = {**info, "grouping_rounds": rounds, "new_rows": int((~in_base).sum()),
             "new_rows_added": int((~in_base[pool]).sum()), "dropped": dropped["reason"].value_counts().to_dict()}
     return manifest[list(MANIFEST_COLUMNS)], dropped.sort_values("rel_path", ignore_index=True), info
+
+
+def _dropped_rows(table: pd.DataFrame, rows, reason: str) -> pd.DataFrame:
+    return pd.DataFrame({"rel_path": table["rel_path"].to_numpy()[rows], "reason": reason, "duplicate_of": ""})
+
+
+def _new_rows_after_copy_policy(
+    table: pd.DataFrame, sha256: np.ndarray, in_base: np.ndarray
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Rows taking part in the extension (every base row, and the new rows the exact-copy
+    policy keeps that are not byte copies of a base image), and the new rows it drops."""
+    keep_copy, dropped = resolve_exact_duplicates(table, sha256)
+    # Only new rows are dropped here: a base row is never removed by the extension.
+    dropped = dropped.loc[dropped["rel_path"].isin(set(table.loc[~in_base & ~keep_copy, "rel_path"]))]
+    pool = np.flatnonzero(in_base | keep_copy)
+    sha_base = set(np.asarray(sha256)[in_base].tolist())
+    copies_of_base = [i for i in pool if not in_base[i] and sha256[i] in sha_base]
+    pool = np.setdiff1d(pool, copies_of_base)
+    return pool, pd.concat([dropped, _dropped_rows(table, copies_of_base, DROP_COPY)])
 
 
 def _check_base_rows(base: pd.DataFrame, table: pd.DataFrame) -> None:
