@@ -124,12 +124,18 @@ def _official_subset(data_root: Path, n: int) -> pd.DataFrame:
                        keep_default_na=False).sort_values("file").head(n)
 
 
-def test_prepare_builds_a_readable_root_and_checks_the_reference(tmp_path, data_root):
-    rows = _official_subset(data_root, 6)
+def _image_folder(tmp_path: Path, data_root: Path, rows: pd.DataFrame) -> Path:
+    """A folder of the rows' real images named ``<n>.jpg``, as a FairFace download has them."""
     images = tmp_path / "images"
     images.mkdir()
     for f in rows["file"]:
         shutil.copy(data_root / "fairface" / f, images / Path(f).name)
+    return images
+
+
+def test_prepare_builds_a_readable_root_and_checks_the_reference(tmp_path, data_root):
+    rows = _official_subset(data_root, 6)
+    images = _image_folder(tmp_path, data_root, rows)
     extra = pd.DataFrame([{"file": "train/999999.jpg", "age": "3-9", "gender": "Male", "race": "Black",
                            "service_test": "False"}])
     pd.concat([rows, extra]).to_csv(tmp_path / "labels.csv", index=False)
@@ -151,10 +157,7 @@ def test_prepare_builds_a_readable_root_and_checks_the_reference(tmp_path, data_
 
 def test_prepare_names_every_bad_file(tmp_path, data_root):
     rows = _official_subset(data_root, 4)
-    images = tmp_path / "images"
-    images.mkdir()
-    for f in rows["file"]:
-        shutil.copy(data_root / "fairface" / f, images / Path(f).name)
+    images = _image_folder(tmp_path, data_root, rows)
     first, second = (Path(f).name for f in rows["file"].iloc[:2])
     (images / first).write_bytes((images / first).read_bytes()[:300])  # truncated JPEG
     shutil.copy(images / second, images / "123456789.jpg")  # no label row
@@ -174,7 +177,7 @@ def test_prepare_names_every_bad_file(tmp_path, data_root):
     ("file,age,gender,race,service_test\ntrain/1.jpg,20-29,Male,Martian,False\n", r"labels\.csv:2: race 'Martian'"),
     ("file,age,gender,race,service_test\nval/1.jpg,20-29,Male,White,False\n", r"labels\.csv:2: file 'val/1\.jpg'"),
     ("file,age,gender,race,service_test\ntrain/1.jpg,20-29,Male,White,TRUE\n", r"service_test 'TRUE'"),
-    ("file,age,race\ntrain/1.jpg,20-29,White\n", r"lacks columns \['gender', 'service_test'\]"),
+    ("file,age,race\ntrain/1.jpg,20-29,White\n", r"lacks required columns \[.gender., .service_test.\]"),
 ])
 def test_label_csv_errors_name_the_row(tmp_path, bad, message):
     (tmp_path / "labels.csv").write_text(bad)

@@ -30,6 +30,7 @@ import pandas as pd
 
 from ff_keras import labels
 from ff_keras.data.image_check import find_unreadable
+from ff_keras.data.readers import read_label_table
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,7 @@ class PrepareReport:
 
 def read_label_csv(path: Path, split: str) -> pd.DataFrame:
     """The official label CSV, validated; raises ``ValueError`` naming the first bad row."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"malformed CSV {path}: {err}") from err
-    missing = [c for c in OFFICIAL_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path} lacks columns {missing}; found {list(df.columns)}")
-    df = df[list(OFFICIAL_COLUMNS)]
+    df = read_label_table(path, OFFICIAL_COLUMNS)[list(OFFICIAL_COLUMNS)]
     line = pd.Series(range(2, len(df) + 2), index=df.index)  # 1-based, after the header
     checks = [("file", df["file"].str.match(_FILE_NAME) & df["file"].str.startswith(f"{split}/"),
                f"'{split}/<number>.jpg'")]

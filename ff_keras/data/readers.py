@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,19 @@ class ReadReport:
         return "; ".join(parts)
 
 
+def read_label_table(csv: Path, required: Sequence[str]) -> pd.DataFrame:
+    """A label CSV as strings (empty cells stay ""); a malformed file or a missing column
+    raises ``ValueError`` naming the file."""
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"malformed CSV {csv}: {err}") from err
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{csv} lacks required columns {missing}; found {list(df.columns)}")
+    return df
+
+
 def fairface_csvs(folder: Path) -> tuple[str, str]:
     """The (training, validation) label CSV names present in a ``fairface`` folder."""
     train = next((n for n in FAIRFACE_TRAIN_CSVS if (folder / n).exists()), FAIRFACE_TRAIN_CSVS[-1])
@@ -88,13 +102,7 @@ def read_fairface(root: Path, csv_names: tuple[str, ...] | None = None) -> tuple
         csv = folder / name
         if not csv.exists():
             raise FileNotFoundError(f"FairFace label file not found: {csv}")
-        try:
-            df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise ValueError(f"malformed CSV {csv}: {err}") from err
-        missing = [c for c in FAIRFACE_REQUIRED if c not in df.columns]
-        if missing:
-            raise ValueError(f"{csv} lacks required columns {missing}; found {list(df.columns)}")
+        df = read_label_table(csv, FAIRFACE_REQUIRED)
         df["_row"] = [f"{csv.name}:{i + 2}" for i in range(len(df))]  # +2: header, 1-based
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)

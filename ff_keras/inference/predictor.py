@@ -59,6 +59,7 @@ class Predictor:
         self.path = Path(path)
         self.info = info
         self.batch_size = batch_size
+        self._regression: list[str] = []
 
     @property
     def heads(self) -> list[str]:
@@ -67,12 +68,14 @@ class Predictor:
     @property
     def regression_heads(self) -> list[str]:
         """Raw (not softmaxed) outputs such as ``age_years`` that this artifact has."""
-        return []
+        return list(self._regression)
 
-    def _check_regression_heads(self, outputs: Sequence[str]) -> None:
+    def _find_regression_heads(self, outputs: Sequence[str]) -> None:
+        """Records which regression heads the artifact outputs; the sidecar's must all be there."""
         missing = [h for h in self.info.regression_heads if h not in outputs]
         if missing:
             raise ValueError(f"{self.path}: model_info.json lists {missing} but the model has no such output")
+        self._regression = [h for h in REGRESSION_HEADS if h in outputs]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -170,10 +173,6 @@ class OnnxPredictor(Predictor):
         self._regression = [h for h in REGRESSION_HEADS if h in names]
         self._outputs = [*self.heads, *self._regression]
 
-    @property
-    def regression_heads(self) -> list[str]:
-        return list(self._regression)
-
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {self.input_name: batch})
         return dict(zip(self._outputs, values))
@@ -193,12 +192,7 @@ class KerasPredictor(Predictor):
         self.model = keras.saving.load_model(str(path), compile=False)
         # Dict outputs are keyed by head; their layer names (``age_probs``...) differ.
         outputs = list(self.model.output) if isinstance(self.model.output, dict) else self.model.output_names
-        self._check_regression_heads(outputs)
-        self._regression = [h for h in REGRESSION_HEADS if h in outputs]
-
-    @property
-    def regression_heads(self) -> list[str]:
-        return list(self._regression)
+        self._find_regression_heads(outputs)
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         out = self.model(batch, training=False)
@@ -217,12 +211,7 @@ class SavedModelPredictor(Predictor):
         self.loaded = tf.saved_model.load(str(path))
         self.fn = self.loaded.signatures["serving_default"]
         outputs = list(self.fn.structured_outputs)
-        self._check_regression_heads(outputs)
-        self._regression = [h for h in REGRESSION_HEADS if h in outputs]
-
-    @property
-    def regression_heads(self) -> list[str]:
-        return list(self._regression)
+        self._find_regression_heads(outputs)
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         out = self.fn(image=self._tf.constant(batch))

@@ -155,28 +155,29 @@ def _http_error(err: ImageError) -> HTTPException:
     return HTTPException(err.status, str(err))
 
 
-def create_app(
-    model_path: str | Path,
-    settings: ServeSettings | None = None,
-    face_pipeline: FacePipeline | None = None,
-    predictor: Predictor | None = None,
-) -> FastAPI:
-    """Builds the service for ``model_path`` (``.onnx`` recommended; ``.keras``/SavedModel work)."""
-    settings = settings or ServeSettings()
-    settings.model_path = str(model_path)
-    if face_pipeline is None:
-        settings.detector = resolve_detector(settings.detector)
-        face_pipeline = detector_pipeline(settings.detector, settings.detect_max_pixels)
-    else:
-        settings.detector = getattr(face_pipeline, "__name__", "custom")
-    predictor = predictor or load_checked_predictor(settings)
-    size = predictor.info.image_size
-    batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)
-    pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="ff-decode")
-    if face_pipeline is not None and settings.detector in DETECTORS:
-        _warm_pool(pool, settings.decode_threads, settings.detector)
-    # Pillow's own bomb guard (it raises above twice this) backs up the header check below.
-    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """One 422 line naming every bad field, with a hint on how images are sent."""
+    problems = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+        problems.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
+    hint = " (send images as multipart/form-data: field 'file' for /predict, 'files' for /predict/batch)"
+    return JSONResponse({"detail": "invalid request: " + "; ".join(problems) + hint}, 422)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A JSON 500 that names the error type but keeps the details in the server log."""
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has details"}, 500)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error leaves the service as ``{"detail": ...}`` JSON, as the error schema says."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _internal_error)
+
+
+def _lifespan(batcher: MicroBatcher, pool: ThreadPoolExecutor):
+    """The micro-batcher runs while the app does; the decode pool goes with it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -185,64 +186,86 @@ def create_app(
         await batcher.stop()
         pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
-        title="ff_keras face attributes",
-        description="Age (9 bins), gender and race (7 classes) from face photos. " + predictor.info.input_contract,
-        version=predictor.info.version,
-        lifespan=lifespan,
+    return lifespan
+
+
+def _faces_of(
+    image: DecodedImage, detect: bool, face_pipeline: FacePipeline | None, size: int
+) -> tuple[list[dict], np.ndarray]:
+    """Boxes in the original image's pixels and model-ready chips; without detection the
+    whole image is one face."""
+    w, h = image.size
+    if not detect or face_pipeline is None:
+        return [{"box": [0, 0, w, h], "confidence": None}], prepare_face(image.rgb, size)[None]
+    found, chips = face_pipeline(image.rgb, size)
+    boxes = [
+        {"box": [round(v / image.scale) for v in f.box], "confidence": float(f.confidence)} for f in found
+    ]
+    if not len(chips):
+        return boxes, np.zeros((0, size, size, 3), np.float32)
+    return boxes, np.stack([prepare_face(c, size) for c in chips])
+
+
+def _decode_and_find_faces(
+    settings: ServeSettings, face_pipeline: FacePipeline | None, size: int,
+    data: bytes, name: str, detect: bool, budget: PixelBudget,
+):
+    """Runs in a decode-pool thread: decodes only as many pixels as the next step needs
+    (detection works on a bounded copy; the model needs ``size`` px), then finds faces."""
+    detecting = detect and face_pipeline is not None
+    image = decode_image(
+        data, name, settings.max_pixels, MIN_SIDE, budget=budget,
+        min_decoded_side=0 if detecting else size,
+        min_decoded_pixels=settings.detect_max_pixels if detecting else 0,
     )
-    app.state.settings, app.state.predictor, app.state.batcher = settings, predictor, batcher
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    errors = {c: {"model": schemas.ErrorResponse} for c in (400, 413, 415, 422)}
+    return (image, *_faces_of(image, detect, face_pipeline, size))
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError):
-        problems = []
-        for e in exc.errors():
-            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
-            problems.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
-        hint = " (send images as multipart/form-data: field 'file' for /predict, 'files' for /predict/batch)"
-        return JSONResponse({"detail": "invalid request: " + "; ".join(problems) + hint}, 422)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has details"}, 500)
+async def _read_upload(upload: UploadFile, max_upload_bytes: int) -> bytes:
+    """Reads at most one byte past the limit, so an oversized file is refused without
+    holding all of it."""
+    name = upload.filename or "upload"
+    data = await upload.read(max_upload_bytes + 1)
+    if len(data) > max_upload_bytes:
+        raise ImageError(f"{name}: file is larger than the {max_upload_bytes}-byte upload limit", 413)
+    return data
 
-    def faces_of(image: DecodedImage, detect: bool) -> tuple[list[dict], np.ndarray]:
-        w, h = image.size
-        if not detect or face_pipeline is None:
-            return [{"box": [0, 0, w, h], "confidence": None}], prepare_face(image.rgb, size)[None]
-        found, chips = face_pipeline(image.rgb, size)
-        boxes = [
-            {"box": [round(v / image.scale) for v in f.box], "confidence": float(f.confidence)} for f in found
-        ]
-        if not len(chips):
-            return boxes, np.zeros((0, size, size, 3), np.float32)
-        return boxes, np.stack([prepare_face(c, size) for c in chips])
 
-    def decode_and_find_faces(data: bytes, name: str, detect: bool, budget: PixelBudget):
-        detecting = detect and face_pipeline is not None
-        image = decode_image(
-            data, name, settings.max_pixels, MIN_SIDE, budget=budget,
-            min_decoded_side=0 if detecting else size,
-            min_decoded_pixels=settings.detect_max_pixels if detecting else 0,
-        )
-        return (image, *faces_of(image, detect))
+def _responses(
+    uploads: list[UploadFile], per_image: list, results: list[dict], detector: str
+) -> list[schemas.PredictResponse | ImageError]:
+    """One answer per upload, in order: its error, or its faces' slice of the shared batch."""
+    out, start = [], 0
+    for upload, item in zip(uploads, per_image):
+        if isinstance(item, ImageError):
+            out.append(item)
+            continue
+        image, boxes, chips = item
+        faces = [schemas.FacePrediction(**results[start + i], **box) for i, box in enumerate(boxes)]
+        start += len(chips)
+        out.append(schemas.PredictResponse(
+            filename=upload.filename, width=image.size[0], height=image.size[1], detector=detector,
+            faces=faces,
+        ))
+    return out
 
-    async def read_upload(upload: UploadFile) -> bytes:
-        name = upload.filename or "upload"
-        data = await upload.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise ImageError(f"{name}: file is larger than the {settings.max_upload_bytes}-byte upload limit", 413)
-        return data
+
+def _prediction_routes(
+    app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
+    face_pipeline: FacePipeline | None, pool: ThreadPoolExecutor, errors: dict,
+) -> None:
+    """``/predict`` and ``/predict/batch``: both go through one path, so a single image and a
+    batch get the same limits, errors and results."""
+    size = predictor.info.image_size
+    decode = functools.partial(_decode_and_find_faces, settings, face_pipeline, size)
 
     async def one_image(upload: UploadFile, detect: bool, budget: PixelBudget):
         """(image, boxes, chips) or the ImageError for this upload."""
         name = upload.filename or "upload"
         try:
-            data = await read_upload(upload)
+            data = await _read_upload(upload, settings.max_upload_bytes)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(pool, decode_and_find_faces, data, name, detect, budget)
+            return await loop.run_in_executor(pool, decode, data, name, detect, budget)
         except ImageError as err:
             return err
 
@@ -255,19 +278,7 @@ def create_app(
         batch = np.concatenate([chips for _, _, chips in ok]) if ok else np.zeros((0, size, size, 3), np.float32)
         results = predictor.results_from_probs(await batcher.predict(batch)) if len(batch) else []
         detector = settings.detector if detect and face_pipeline is not None else NO_DETECTOR
-        out, start = [], 0
-        for upload, item in zip(uploads, per_image):
-            if isinstance(item, ImageError):
-                out.append(item)
-                continue
-            image, boxes, chips = item
-            faces = [schemas.FacePrediction(**results[start + i], **box) for i, box in enumerate(boxes)]
-            start += len(chips)
-            out.append(schemas.PredictResponse(
-                filename=upload.filename, width=image.size[0], height=image.size[1], detector=detector,
-                faces=faces,
-            ))
-        return out
+        return _responses(uploads, per_image, results, detector)
 
     @app.post("/predict", response_model=schemas.PredictResponse, responses=errors)
     async def predict(file: Annotated[UploadFile, File(description="a face photo")], detect: DetectFlag = False):
@@ -294,11 +305,30 @@ def create_app(
             results=results, errors=sum(isinstance(r, schemas.FileError) for r in results)
         )
 
-    def batching_info() -> schemas.BatchingInfo:
-        return schemas.BatchingInfo(
-            enabled=batcher.enabled, max_batch=batcher.max_batch, max_wait_ms=settings.max_wait_ms,
-            **batcher.stats.as_dict(),
-        )
+
+def _batching_info(batcher: MicroBatcher, settings: ServeSettings) -> schemas.BatchingInfo:
+    """Micro-batching knobs and live counters, shown by both ``/health`` and ``/metadata``."""
+    return schemas.BatchingInfo(
+        enabled=batcher.enabled, max_batch=batcher.max_batch, max_wait_ms=settings.max_wait_ms,
+        **batcher.stats.as_dict(),
+    )
+
+
+def _limits(settings: ServeSettings) -> schemas.Limits:
+    """The input limits a client must respect, so it can check before uploading."""
+    return schemas.Limits(
+        max_upload_bytes=settings.max_upload_bytes, max_request_bytes=settings.max_request_bytes,
+        max_pixels=settings.max_pixels, max_request_pixels=settings.max_request_pixels,
+        detect_max_pixels=settings.detect_max_pixels, min_side=MIN_SIDE,
+        max_files=settings.max_files, content_types=list(CONTENT_TYPES),
+    )
+
+
+def _info_routes(
+    app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
+    face_pipeline: FacePipeline | None,
+) -> None:
+    """``/health``, ``/metadata`` and the demo page: what this worker serves and whether it can."""
 
     def detector_name() -> str:
         return settings.detector if face_pipeline is not None else NO_DETECTOR
@@ -312,7 +342,7 @@ def create_app(
         return schemas.HealthResponse(
             status="ok", model=Path(settings.model_path).name, backend=predictor.backend, pid=os.getpid(),
             heads=predictor.heads, regression_heads=predictor.regression_heads, detector=detector_name(),
-            batching=batching_info(),
+            batching=_batching_info(batcher, settings),
         )
 
     @app.get("/metadata", response_model=schemas.MetadataResponse)
@@ -327,19 +357,55 @@ def create_app(
             temperature={h: float(info.temperature.get(h, 1.0)) for h in info.heads},
             input_contract=info.input_contract,
             detector=detector_name(),
-            limits=schemas.Limits(
-                max_upload_bytes=settings.max_upload_bytes, max_request_bytes=settings.max_request_bytes,
-                max_pixels=settings.max_pixels, max_request_pixels=settings.max_request_pixels,
-                detect_max_pixels=settings.detect_max_pixels, min_side=MIN_SIDE,
-                max_files=settings.max_files, content_types=list(CONTENT_TYPES),
-            ),
-            batching=batching_info(),
+            limits=_limits(settings),
+            batching=_batching_info(batcher, settings),
         )
 
     @app.get("/", include_in_schema=False)
     async def demo_page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+
+def _resolve_face_pipeline(settings: ServeSettings, face_pipeline: FacePipeline | None) -> FacePipeline | None:
+    """The configured detector's pipeline unless the caller brought one; ``settings.detector``
+    ends up naming whichever is used."""
+    if face_pipeline is None:
+        settings.detector = resolve_detector(settings.detector)
+        return detector_pipeline(settings.detector, settings.detect_max_pixels)
+    settings.detector = getattr(face_pipeline, "__name__", "custom")
+    return face_pipeline
+
+
+def create_app(
+    model_path: str | Path,
+    settings: ServeSettings | None = None,
+    face_pipeline: FacePipeline | None = None,
+    predictor: Predictor | None = None,
+) -> FastAPI:
+    """Builds the service for ``model_path`` (``.onnx`` recommended; ``.keras``/SavedModel work)."""
+    settings = settings or ServeSettings()
+    settings.model_path = str(model_path)
+    face_pipeline = _resolve_face_pipeline(settings, face_pipeline)
+    predictor = predictor or load_checked_predictor(settings)
+    batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)
+    pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="ff-decode")
+    if face_pipeline is not None and settings.detector in DETECTORS:
+        _warm_pool(pool, settings.decode_threads, settings.detector)
+    # Pillow's own bomb guard (it raises above twice this) backs up the header check in ``decode_image``.
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+
+    app = FastAPI(
+        title="ff_keras face attributes",
+        description="Age (9 bins), gender and race (7 classes) from face photos. " + predictor.info.input_contract,
+        version=predictor.info.version,
+        lifespan=_lifespan(batcher, pool),
+    )
+    app.state.settings, app.state.predictor, app.state.batcher = settings, predictor, batcher
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    errors = {c: {"model": schemas.ErrorResponse} for c in (400, 413, 415, 422)}
+    _error_handlers(app)
+    _prediction_routes(app, settings, predictor, batcher, face_pipeline, pool, errors)
+    _info_routes(app, settings, predictor, batcher, face_pipeline)
     return app
 
 
