@@ -38,6 +38,7 @@ PRODUCED = {
     "artifacts/release2": "--out artifacts/release2",
     "artifacts/model/model.onnx": "--out artifacts/model",
     "~/ff_data/root": "python scripts/prepare_fairface.py",
+    "~/ff_runs/dlib_extended-v3": "train.run_id=v3 output_dir=~/ff_runs",
 }
 # Data the user brings from outside the repository, and the source the README must name for it.
 EXTERNAL = {"~/ff_data/raw/": "sumanvithaeadala/EthnicityDetection"}
