@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from ff_keras.config import load_config
+from ff_keras.data.readers import resolve_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -40,6 +41,7 @@ PRODUCED = {
     "~/ff_data/root": "python scripts/prepare_fairface.py",
     "~/ff_runs/dlib_extended-v3": "train.run_id=v3 output_dir=~/ff_runs",
 }
+DEFAULT_DATA_ROOT = "../shared/data"
 # Data the user brings from outside the repository, and the source the README must name for it.
 EXTERNAL = {"~/ff_data/raw/": "sumanvithaeadala/EthnicityDetection"}
 # Stand-ins for the user's own files and ids in synopsis lines (not files of the repository).
@@ -176,6 +178,9 @@ def path_ok(path: str, commands: list[str]) -> str | None:
     """None if ``path`` exists, is a placeholder or is produced by a README command; else why not."""
     if path in PLACEHOLDERS or "<" in path:
         return None
+    if path.startswith(DEFAULT_DATA_ROOT):  # the README's data root; a clone elsewhere sets FF_DATA_ROOT
+        return None if (resolve_data_root() / path[len(DEFAULT_DATA_ROOT):].lstrip("/")).exists() else (
+            f"{path} is not in the data root {resolve_data_root()}")
     for prefix, source in EXTERNAL.items():
         if path.startswith(prefix):
             return None if source in _readme_text() else f"{path}: the README no longer says where it comes from"
