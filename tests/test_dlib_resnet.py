@@ -196,7 +196,7 @@ def test_configs_pin_the_file_the_converter_writes(weights):
     from ff_keras.convert.pretrained import resolve_weights
 
     repo = Path(__file__).resolve().parents[1]
-    for name in ("default", "dlib_full"):
+    for name in ("default", "dlib_full", "dlib_extended"):
         assert Path(load_config(repo / "configs" / f"{name}.yaml").model.weights).name == weights.name
     with pytest.raises(FileNotFoundError, match=r"weights/missing\.npz.*python scripts/convert_weights\.py dlib"):
         resolve_weights("weights/missing.npz", "dlib_resnet")
