@@ -281,13 +281,21 @@ def _check_base_rows(base: pd.DataFrame, table: pd.DataFrame) -> None:
     absent = base.loc[~base["rel_path"].isin(t.index), "rel_path"]
     if len(absent):
         raise ValueError(f"{len(absent)} base manifest rows are missing from the extended pool, e.g. {absent.iloc[0]}")
-    b = base.set_index("rel_path")
-    for col in ("source", "age_bin", "gender", "race"):
-        diff = b[col].astype(str) != t.loc[b.index, col].astype(str)
+    for col, changed in _changed_base_rows(base, t, ("source", "age_bin", "gender", "race")):
+        f = changed[0]
+        raise ValueError(
+            f"{f}: {col} is {t.at[f, col]!r} in the extended pool but {base.set_index('rel_path').at[f, col]!r} "
+            "in the base manifest")
+
+
+def _changed_base_rows(base: pd.DataFrame, other: pd.DataFrame, columns: Sequence[str]):
+    """Yields ``(column, rel_paths)`` for each column whose value differs between the base rows
+    and the same rows of ``other`` (indexed by rel_path); base rows absent from ``other`` are skipped."""
+    b = base.loc[base["rel_path"].isin(other.index)].set_index("rel_path")
+    for col in columns:
+        diff = b[col].astype(str) != other.loc[b.index, col].astype(str)
         if diff.any():
-            f = diff[diff].index[0]
-            raise ValueError(
-                f"{f}: {col} is {t.at[f, col]!r} in the extended pool but {b.at[f, col]!r} in the base manifest")
+            yield col, diff[diff].index
 
 
 def check_extension(base: pd.DataFrame, extended: pd.DataFrame) -> list[str]:
@@ -304,11 +312,8 @@ def check_extension(base: pd.DataFrame, extended: pd.DataFrame) -> list[str]:
     missing = base.loc[~base["rel_path"].isin(ext.index), "rel_path"]
     if len(missing):
         problems.append(f"{len(missing)} base rows missing, e.g. {missing.iloc[0]}")
-    b = base.loc[base["rel_path"].isin(ext.index)].set_index("rel_path")
-    for col in ("split", "source", "age_bin", "gender", "race"):
-        diff = b[col].astype(str) != ext.loc[b.index, col].astype(str)
-        if diff.any():
-            problems.append(f"{int(diff.sum())} base rows changed {col}, e.g. {diff[diff].index[0]}")
+    for col, changed in _changed_base_rows(base, ext, ("split", "source", "age_bin", "gender", "race")):
+        problems.append(f"{len(changed)} base rows changed {col}, e.g. {changed[0]}")
     new = extended.loc[~extended["rel_path"].isin(set(base["rel_path"]))]
     if (new["split"] != "train").any():
         problems.append(f"new rows outside train, e.g. {new.loc[new['split'] != 'train', 'rel_path'].iloc[0]}")
