@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ff_keras.config import load_config
 from ff_keras.data import readers as datasets
 from ff_keras.splits import identity, leakage, report as split_report, build as splits
 from ff_keras.splits.grouping import GroupingParams
@@ -51,7 +52,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--extend", default=None, metavar="BASE",
                     help="manifest folder to extend: its rows keep their splits, new images join train")
     ap.add_argument("--report-name", default="leakage", help="stem of the report files in --reports")
-    ap.add_argument("--keras-descriptors", default=None, nargs="?", const="weights/dlib_resnet_2334b743.npz",
+    ap.add_argument("--keras-descriptors", default=None, nargs="?",
+                    const=load_config(REPO / "configs" / "default.yaml").model.weights,
                     metavar="NPZ", help="compute missing descriptors with the Keras dlib network (converted weights)")
     ap.add_argument("--partial", action="store_true",
                     help="interim run: leave out images not yet in the cache (listed as dropped; tests fail)")
