@@ -18,7 +18,6 @@ preparing costs no disk space.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from ff_keras import labels
-from ff_keras.data.image_check import find_unreadable
+from ff_keras.data.image_check import file_sha256, find_unreadable
 from ff_keras.data.readers import read_label_table
 
 log = logging.getLogger(__name__)
@@ -101,10 +100,6 @@ def read_label_csv(path: Path, split: str) -> pd.DataFrame:
     return df
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _place(src: Path, dst: Path, link: str) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_symlink() or dst.exists():
@@ -138,7 +133,7 @@ def check_reference(official: pd.DataFrame, image_dir: Path, reference_fairface:
         ours = image_dir / Path(f).name
         if not ours.is_file():
             report.reference_rows_missing.append(f)
-        elif _sha256(ours) != _sha256(reference_fairface / f):
+        elif file_sha256(ours) != file_sha256(reference_fairface / f):
             report.reference_image_mismatches.append(f)
 
 

@@ -10,6 +10,7 @@ thread pool scales across cores.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 
 # What decode_image (data.decode_image) handles; anything else PIL can open is rejected.
 TF_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP"})
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file's bytes: exact-copy detection and reference-file comparison."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_image(path: str | os.PathLike) -> str | None:

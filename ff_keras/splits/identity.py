@@ -9,18 +9,19 @@ killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ff_keras.data.crops import main_face_box
+from ff_keras.data.image_check import file_sha256
 from ff_keras.paths import face_models_dir
 
 DESCRIPTOR_DIM = 128
@@ -65,10 +66,6 @@ def dhash(rgb: np.ndarray, hash_size: int = 16) -> np.ndarray:
     return np.packbits((px[:, 1:] > px[:, :-1]).ravel())
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def face_chip(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
     """dlib's aligned 150 px chip of the main face (the input of its descriptor network).
 
@@ -87,16 +84,12 @@ def _read_rgb(path: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _describe_one(path: str) -> tuple[np.ndarray, bool, np.ndarray, str]:
+def _face_record(of_face: Callable[[np.ndarray], tuple[np.ndarray, bool]], path: str
+                 ) -> tuple[np.ndarray, bool, np.ndarray, str]:
+    """``of_face(rgb)`` (descriptor or chip, detected), dHash and SHA-256 of one image file."""
     rgb = _read_rgb(path)
-    vec, detected = face_descriptor(rgb)
-    return vec, detected, dhash(rgb), file_sha256(path)
-
-
-def _chip_one(path: str) -> tuple[np.ndarray, bool, np.ndarray, str]:
-    rgb = _read_rgb(path)
-    chip, detected = face_chip(rgb)
-    return chip, detected, dhash(rgb), file_sha256(path)
+    value, detected = of_face(rgb)
+    return value, detected, dhash(rgb), file_sha256(path)
 
 
 def load_cache(cache_path: Path) -> dict[str, np.ndarray]:
@@ -133,15 +126,17 @@ def compute_embeddings(
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="identity descriptors", disable=not progress, mininterval=10)
+        # Workers either compute dlib's descriptor or only cut the chip for the batched network.
+        record = partial(_face_record, face_descriptor if describe_chips is None else face_chip)
         # spawn, not fork: the parent may hold TensorFlow's thread pools.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
                 files = [str(data_root / p) for p in part]
                 if describe_chips is None:
-                    results = list(pool.map(_describe_one, files, chunksize=16))
+                    results = list(pool.map(record, files, chunksize=16))
                 else:
-                    chips, detected, hashes, shas = zip(*pool.map(_chip_one, files, chunksize=16))
+                    chips, detected, hashes, shas = zip(*pool.map(record, files, chunksize=16))
                     results = list(zip(describe_chips(np.stack(chips)), detected, hashes, shas))
                 cache = _append(cache, part, results)
                 _save(cache, cache_path)
