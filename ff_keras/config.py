@@ -66,6 +66,9 @@ class AugmentConfig:
 class ModelConfig:
     backbone: str = "mobilenet_v2"  # key of ff_keras.models.backbones.BACKBONES
     weights: Optional[str] = None  # converted backbone weights (.npz / .weights.h5), or None
+    # A trained model of the same architecture (a run's best/model.keras) to start from:
+    # every layer's weights, after model.weights (continue or re-schedule a finished run).
+    init_from: Optional[str] = None
     embedding: str = "pooled"  # dlib_resnet: "pooled" (256-d) | "descriptor" (128-d)
     embed_dim: int = 512
     dropout: float = 0.3
@@ -105,6 +108,9 @@ class TrainConfig:
     dwa_temperature: float = 2.0
     stages: list[StageConfig] = field(default_factory=list)  # empty = one stage with the fields above
     cache_frozen_embeddings: bool = True
+    # Layer-wise LR decay when the backbone trains: stage s of T gets lr * decay**(T + 1 - s),
+    # the embedding and heads the full rate (1.0 = off).
+    layer_lr_decay: float = 1.0
     mixed_precision: str = "auto"  # "auto" | "float32" | "mixed_float16" | "mixed_bfloat16"
     distribute: str = "none"  # "none" | "mirrored" | "multi_worker"
     # mirrored without GPUs: split the CPU into this many logical devices (tests/smoke; 0 = off)

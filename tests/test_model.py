@@ -163,3 +163,49 @@ def test_heads_stay_float32_under_mixed_precision():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert all(v.dtype == tf.float32 for v in out.values())
+
+
+def test_layer_lr_scales_decay_from_the_top_stage_down():
+    from ff_keras.models.multihead import layer_lr_scales
+
+    model = build_model(tiny_cfg("resnet18"))
+    scales = layer_lr_scales(model, 0.5)
+    backbone = get_backbone_model(model)
+    of = {layer.name: scales[layer.weights[0].path] for layer in backbone.layers if layer.weights}
+    assert of["layer4_1_conv2"] == 0.5 and of["layer3_0_conv1"] == 0.25 and of["layer1_0_conv1"] == 0.5 ** 4
+    assert of["conv1"] == 0.5 ** 5  # the stem moves least
+    head_paths = {v.path for h in ("race", "embed") for v in model.get_layer(h).weights}
+    assert not head_paths & set(scales)  # embedding and heads keep the full rate
+    assert layer_lr_scales(model, 1.0) == {}
+    with pytest.raises(ValueError, match="decay"):
+        layer_lr_scales(model, 0.0)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizer_scales_each_variables_step(name):
+    from ff_keras.training.trainer import make_optimizer
+
+    scaled, full = keras.Variable(np.ones(3, "float32"), name="scaled"), keras.Variable(np.ones(3, "float32"))
+    opt = make_optimizer(name, 0.1, weight_decay=0.0, lr_scales={scaled.path: 0.25})
+    grad = tf.constant([0.5, -1.0, 2.0])
+    for _ in range(3):
+        opt.apply([grad, grad], [scaled, full])
+    step_scaled, step_full = 1.0 - scaled.numpy(), 1.0 - full.numpy()
+    assert np.all(np.abs(step_full) > 0)
+    np.testing.assert_allclose(step_scaled, 0.25 * step_full, rtol=1e-5)
+
+
+def test_init_from_loads_a_trained_model_and_names_a_mismatch(tmp_path):
+    from ff_keras.convert.pretrained import build_pretrained
+
+    trained = build_model(tiny_cfg("resnet18"))
+    for layer in trained.layers:  # make the weights distinguishable from a fresh init
+        layer.set_weights([w + 1.0 for w in layer.get_weights()])
+    trained.save(tmp_path / "model.keras")
+    loaded = build_pretrained(tiny_cfg("resnet18", f"model.init_from={tmp_path / 'model.keras'}"))
+    for a, b in zip(trained.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="model.init_from .*model.keras"):
+        build_pretrained(tiny_cfg("resnet18", "model.embed_dim=8", f"model.init_from={tmp_path / 'model.keras'}"))
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        build_pretrained(tiny_cfg("resnet18", f"model.init_from={tmp_path / 'missing.keras'}"))

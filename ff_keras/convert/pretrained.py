@@ -52,10 +52,29 @@ def load_pretrained(backbone: keras.Model, name: str, path: str | Path) -> None:
         load_backbone_weights(backbone, path)
 
 
+def load_trained(model: keras.Model, path: str | Path) -> None:
+    """Loads every weight of a saved model of the same architecture (``.keras`` / ``.weights.h5``).
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and, for a different architecture, what differs.
+    """
+    resolved = repo_path(path)
+    if not resolved.is_file():
+        raise FileNotFoundError(f"model.init_from file not found: {resolved} (configured as {str(path)!r})")
+    try:
+        model.load_weights(resolved)
+    except ValueError as err:
+        raise ValueError(f"model.init_from {resolved} does not fit the configured model "
+                         f"(same backbone, heads and embed_dim needed): {err}") from err
+
+
 def build_pretrained(cfg: Config) -> keras.Model:
-    """``multihead.build_model(cfg)`` with the backbone weights of ``cfg.model.weights`` loaded."""
+    """``multihead.build_model(cfg)`` with the backbone weights of ``cfg.model.weights`` loaded,
+    then (``cfg.model.init_from``) every weight of a trained model."""
     model = multihead.build_model(cfg)
     if cfg.model.weights:
         path = resolve_weights(cfg.model.weights, cfg.model.backbone)
         load_pretrained(multihead.get_backbone_model(model), cfg.model.backbone, path)
+    if cfg.model.init_from:
+        load_trained(model, cfg.model.init_from)
     return model

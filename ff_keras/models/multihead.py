@@ -118,6 +118,23 @@ def set_trainable(model: keras.Model, freeze_backbone: bool, freeze_up_to: int =
         layer.trainable = not (freeze_backbone or stage_of(layer.name) < freeze_up_to)
 
 
+def layer_lr_scales(model: keras.Model, decay: float) -> dict[str, float]:
+    """Learning-rate multiplier per backbone variable path for layer-wise LR decay.
+
+    Pretrained layers nearer the input hold more general features and should move less:
+    a backbone layer in stage ``s`` gets ``decay ** (top + 1 - s)``, where ``top`` is the
+    backbone's deepest stage; the embedding and heads keep the full rate (absent = 1).
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer-wise LR decay must be in (0, 1], got {decay}")
+    backbone = get_backbone_model(model)
+    stage_of = get_backbone(_backbone_key(model)).stage_of
+    stages = {layer.name: stage_of(layer.name) for layer in backbone.layers}
+    top = max(stages.values())
+    return {v.path: decay ** (top + 1 - stages[layer.name])
+            for layer in backbone.layers for v in layer.weights} if decay < 1.0 else {}
+
+
 def _backbone_key(model: keras.Model) -> str:
     prefix = "ff_"
     if not model.name.startswith(prefix):

@@ -256,11 +256,13 @@ def fit_inputs(run: _Run, stage: StageConfig) -> FitInputs:
 
 
 def compile_trainer(fit: FitInputs, weighting: LossWeighting, loss_fns: dict, cfg: Config, lr: float,
-                    epochs: int, steps: int, seed: int = 0, jit_compile: bool = False) -> MultiTaskTrainer:
-    """``MultiTaskTrainer`` over ``fit.net`` with the configured optimizer and LR schedule."""
+                    epochs: int, steps: int, seed: int = 0, jit_compile: bool = False,
+                    lr_scales: dict[str, float] | None = None) -> MultiTaskTrainer:
+    """``MultiTaskTrainer`` over ``fit.net`` with the configured optimizer and LR schedule
+    (``lr_scales``: per-variable multipliers, e.g. ``multihead.layer_lr_scales``)."""
     trainer = MultiTaskTrainer(fit.net, weighting, loss_fns, fit.prepare, seed=seed)
     schedule = lr_schedule(lr, epochs, steps, cfg.train.warmup_epochs)
-    trainer.compile(optimizer=make_optimizer(cfg.train.optimizer, schedule, cfg.model.weight_decay),
+    trainer.compile(optimizer=make_optimizer(cfg.train.optimizer, schedule, cfg.model.weight_decay, lr_scales),
                     jit_compile=jit_compile)
     return trainer
 
@@ -329,9 +331,10 @@ def _fit_stage(run: _Run, i: int, stage: StageConfig, epoch0: int, extra_callbac
           f"freeze_up_to={stage.freeze_up_to}{', cached embeddings' if fast else ''}", flush=True)
     fit = fit_inputs(run, stage)
     steps = stage.steps_per_epoch or cfg.train.steps_per_epoch or max(1, fit.n_rows // cfg.data.batch_size)
+    lr_scales = {} if fast else model_lib.layer_lr_scales(net, cfg.train.layer_lr_decay)
     with run.strategy.scope():
         trainer = compile_trainer(fit, weighting, run.loss_fns, cfg, stage.lr, stage.epochs, steps,
-                                  seed=cfg.train.seed + i, jit_compile=cfg.train.jit_compile)
+                                  seed=cfg.train.seed + i, jit_compile=cfg.train.jit_compile, lr_scales=lr_scales)
     ckpt = run.run_dir / "checkpoints"
     callbacks = stage_callbacks(weighting, run.tracker, [
         *fit.callbacks,

@@ -138,16 +138,57 @@ def lr_schedule(lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: flo
     )
 
 
-def make_optimizer(name: str, schedule, weight_decay: float) -> keras.optimizers.Optimizer:
-    """Adam / AdamW (decoupled decay, not on biases, norms or log-variances) / SGD+momentum."""
+class _ScaledLearningRate:
+    """Optimizer mixin: each variable's step uses the learning rate times its scale.
+
+    ``lr_scales`` maps ``variable.path`` to a multiplier (absent = 1); layer-wise LR decay
+    (``multihead.layer_lr_scales``) uses it. Adam-type updates are invariant to gradient
+    scaling, so the rate itself has to be scaled per variable.
+    """
+
+    def __init__(self, *args, lr_scales: Mapping[str, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lr_scales = dict(lr_scales or {})
+        self._scale_at: list[float] = []
+
+    def build(self, variables):
+        super().build(variables)
+        # update_step sees the backend variable (no path); its index in the built list is stable.
+        self._scale_at = [self.lr_scales.get(v.path, 1.0) for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._scale_at[self._get_variable_index(variable)] if self._scale_at else 1.0
+        if scale != 1.0:
+            learning_rate = keras.ops.cast(learning_rate, variable.dtype) * scale
+        return super().update_step(gradient, variable, learning_rate)
+
+
+class ScaledAdam(_ScaledLearningRate, keras.optimizers.Adam):
+    pass
+
+
+class ScaledAdamW(_ScaledLearningRate, keras.optimizers.AdamW):
+    pass
+
+
+class ScaledSGD(_ScaledLearningRate, keras.optimizers.SGD):
+    pass
+
+
+def make_optimizer(name: str, schedule, weight_decay: float,
+                   lr_scales: Mapping[str, float] | None = None) -> keras.optimizers.Optimizer:
+    """Adam / AdamW (decoupled decay, not on biases, norms or log-variances) / SGD+momentum.
+
+    ``lr_scales``: per-variable learning-rate multipliers by ``variable.path`` (layer-wise decay).
+    """
     if name == "adam":
-        return keras.optimizers.Adam(schedule)
+        return ScaledAdam(schedule, lr_scales=lr_scales)
     if name == "adamw":
-        opt = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+        opt = ScaledAdamW(schedule, weight_decay=weight_decay, lr_scales=lr_scales)
         opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "log_vars"])
         return opt
     if name == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+        return ScaledSGD(schedule, momentum=0.9, nesterov=True, lr_scales=lr_scales)
     raise ValueError(f"unknown train.optimizer {name!r}; expected one of {OPTIMIZERS}")
 
 
