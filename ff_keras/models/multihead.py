@@ -127,12 +127,13 @@ def layer_lr_scales(model: keras.Model, decay: float) -> dict[str, float]:
     """
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"layer-wise LR decay must be in (0, 1], got {decay}")
+    if decay == 1.0:
+        return {}
     backbone = get_backbone_model(model)
     stage_of = get_backbone(_backbone_key(model)).stage_of
     stages = {layer.name: stage_of(layer.name) for layer in backbone.layers}
     top = max(stages.values())
-    return {v.path: decay ** (top + 1 - stages[layer.name])
-            for layer in backbone.layers for v in layer.weights} if decay < 1.0 else {}
+    return {v.path: decay ** (top + 1 - stages[layer.name]) for layer in backbone.layers for v in layer.weights}
 
 
 def _backbone_key(model: keras.Model) -> str:

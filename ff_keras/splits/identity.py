@@ -133,10 +133,9 @@ def compute_embeddings(
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
                 files = [str(data_root / p) for p in part]
-                if describe_chips is None:
-                    results = list(pool.map(record, files, chunksize=16))
-                else:
-                    chips, detected, hashes, shas = zip(*pool.map(record, files, chunksize=16))
+                results = list(pool.map(record, files, chunksize=16))
+                if describe_chips is not None:  # chips -> descriptors, batched in this process
+                    chips, detected, hashes, shas = zip(*results)
                     results = list(zip(describe_chips(np.stack(chips)), detected, hashes, shas))
                 cache = _append(cache, part, results)
                 _save(cache, cache_path)
