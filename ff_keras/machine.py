@@ -38,6 +38,11 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as listed in ``/proc/cpuinfo`` (empty where that is unreadable)."""
+    return _cpuinfo()[1]
+
+
 def machine_facts() -> dict:
     """CPU model, its vector extensions, usable cores, load average and library versions."""
     model, flags = _cpuinfo()

@@ -226,9 +226,11 @@ def test_normalisation_numpy_tf_and_keras_layer_agree():
 
 
 def test_precision_policy_from_config():
-    assert precision.resolve_policy("auto") == (
-        "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
-    )
+    if tf.config.list_physical_devices("GPU"):
+        assert precision.resolve_policy("auto") == "mixed_float16"
+    else:
+        assert precision.resolve_policy("auto", flags={"avx2", "amx_bf16"}) == "mixed_bfloat16"
+        assert precision.resolve_policy("auto", flags={"avx2", "avx512f"}) == "float32"
     assert precision.resolve_policy("bfloat16") == "mixed_bfloat16"
     with pytest.raises(ValueError, match="float8"):
         precision.resolve_policy("float8")
