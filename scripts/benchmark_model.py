@@ -2,6 +2,8 @@
 
     python scripts/benchmark_model.py --json runs/benchmark_model.json        # full (minutes)
     python scripts/benchmark_model.py --json /tmp/b.json --steps 2 --warmup 1 --batch 4   # smoke
+    python scripts/benchmark_model.py --json reports/benchmarks/train_precision.json --skip-torch \
+        --batch 64 --train-backbones dlib_resnet --train-sizes 150 --train-precisions float32 mixed_bfloat16
 
 Inference: batch 32, 224 px, ``--threads`` (2) intra-op threads for both frameworks.
 Keras runs a ``tf.function`` with a fixed input signature (no retracing), ``jit_compile=False``
@@ -9,7 +11,8 @@ Keras runs a ``tf.function`` with a fixed input signature (no retracing), ``jit_
 CPU convolutions want. torchvision runs in its fastest CPU mode: ``channels_last`` memory
 format under ``torch.inference_mode()``. Without torch, ``torch_img_s`` is read from the
 previous JSON at ``--json`` (``torch_source`` says so). Training: one compiled
-``train_on_batch`` step of the full multi-head model per iteration, in img/s.
+``train_on_batch`` step of the full multi-head model per iteration, in img/s, under each of
+``--train-precisions`` (bfloat16 pays on CPUs with AMX tiles; see ``machine.vector_extensions``).
 """
 
 from __future__ import annotations
@@ -74,7 +77,21 @@ def torch_inference(batch: int, size: int, steps: int, warmup: int, threads: int
     return batch / timed(step, steps, warmup)
 
 
-def keras_train_step(backbone: str, batch: int, size: int, steps: int, warmup: int) -> float:
+def keras_train_step(backbone: str, batch: int, size: int, steps: int, warmup: int,
+                     policy: str = "float32") -> float:
+    import keras
+
+    from ff_keras.training import precision
+
+    previous = keras.mixed_precision.global_policy().name
+    precision.set_policy(policy)
+    try:
+        return _keras_train_step(backbone, batch, size, steps, warmup)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _keras_train_step(backbone: str, batch: int, size: int, steps: int, warmup: int) -> float:
     import keras
     import numpy as np
 
@@ -116,6 +133,8 @@ def main() -> None:
     p.add_argument("--train-sizes", type=int, nargs="*", default=[160, 224])
     p.add_argument("--skip-torch", action="store_true", help="act as if torch were absent")
     p.add_argument("--train-backbones", nargs="*", default=["resnet34", "mobilenet_v2"])
+    p.add_argument("--train-precisions", nargs="*", default=["float32"],
+                   help="Keras dtype policies for the training steps, e.g. float32 mixed_bfloat16")
     args = p.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -150,9 +169,11 @@ def main() -> None:
         print(f"⚠️ no torch figure: {result['torch_source']}")
     for backbone in args.train_backbones:
         for size in args.train_sizes:
-            key = f"keras_train_{backbone}_{size}_img_s"
-            result[key] = keras_train_step(backbone, args.batch, size, args.steps, args.warmup)
-            print(f"✅ Keras train step {backbone} @ {size}px: {result[key]:.1f} img/s")
+            for policy in args.train_precisions:
+                suffix = "" if policy == "float32" else f"_{policy}"
+                key = f"keras_train_{backbone}_{size}{suffix}_img_s"
+                result[key] = keras_train_step(backbone, args.batch, size, args.steps, args.warmup, policy)
+                print(f"✅ Keras train step {backbone} @ {size}px, {policy}: {result[key]:.1f} img/s")
     result["machine"] = machine_facts()
     print(f"machine: {describe(result['machine'])}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,18 @@ def test_optimizer_scales_each_variables_step(name):
     np.testing.assert_allclose(step_scaled, 0.25 * step_full, rtol=1e-5)
 
 
+def test_adamw_weight_decay_takes_the_learning_rate_scale():
+    from ff_keras.training.trainer import make_optimizer
+
+    scaled, full = keras.Variable(np.ones(3, "float32"), name="scaled"), keras.Variable(np.ones(3, "float32"))
+    opt = make_optimizer("adamw", 0.1, weight_decay=0.5, lr_scales={scaled.path: 0.25})
+    zero = tf.zeros(3)  # no gradient: the only change is the decay
+    opt.apply([zero, zero], [scaled, full])
+    np.testing.assert_allclose(1.0 - full.numpy(), 0.1 * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(1.0 - scaled.numpy(), 0.25 * 0.1 * 0.5, rtol=1e-5)
+    assert opt.weight_decay == 0.5
+
+
 def test_init_from_loads_a_trained_model_and_names_a_mismatch(tmp_path):
     from ff_keras.convert.pretrained import build_pretrained
 

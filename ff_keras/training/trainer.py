@@ -156,6 +156,21 @@ class _ScaledLearningRate:
         # update_step sees the backend variable (no path); its index in the built list is stable.
         self._scale_at = [self.lr_scales.get(v.path, 1.0) for v in variables]
 
+    def _apply_weight_decay(self, variables):
+        """Decoupled weight decay is a step of size lr * wd, so it takes the variable's scale too."""
+        if self.weight_decay is None or not self.lr_scales:
+            return super()._apply_weight_decay(variables)
+        groups: dict[float, list] = {}
+        for variable in variables:
+            groups.setdefault(self.lr_scales.get(variable.path, 1.0), []).append(variable)
+        base = self.weight_decay
+        try:
+            for scale, group in groups.items():
+                self.weight_decay = base * scale  # read once per variable while tracing
+                super()._apply_weight_decay(group)
+        finally:
+            self.weight_decay = base
+
     def update_step(self, gradient, variable, learning_rate):
         scale = self._scale_at[self._get_variable_index(variable)] if self._scale_at else 1.0
         if scale != 1.0:
