@@ -55,26 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-timeout-s", type=float, default=d.head_timeout_s,
                     help="close connections whose request headers take longer")
     ap.add_argument("--limit-concurrency", type=int, default=d.limit_concurrency,
-                    help="connections per worker before new requests get 503")
+                    help="requests in flight per worker before new ones get a JSON 503 with Retry-After")
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
 
     model = Path(args.model).resolve()
     if not model.exists():
         return _fail(f"--model {model} does not exist")
-    settings = ServeSettings(
-        model_path=str(model), max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
-        max_request_pixels=args.max_request_pixels, detect_max_pixels=args.detect_max_pixels,
-        decode_threads=args.decode_threads, batching=not args.no_batching, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, threads=args.threads, ort_spinning=args.ort_spinning,
-        detector=args.detector, keep_alive_s=args.keep_alive_s, head_timeout_s=args.head_timeout_s,
-        limit_concurrency=args.limit_concurrency,
-    )
-    bad = [f"--{k.replace('_', '-')}" for k in ("decode_threads", "max_pixels", "max_request_pixels",
-                                                 "detect_max_pixels", "workers") if getattr(args, k) < 1]
-    if bad:
-        return _fail(f"{', '.join(bad)} must be >= 1")
+    if args.workers < 1:
+        return _fail("--workers must be >= 1")
+    try:  # ServeSettings names any limit below 1, e.g. a size in MB that rounds to 0 bytes
+        settings = ServeSettings(
+            model_path=str(model), max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
+            max_request_pixels=args.max_request_pixels, detect_max_pixels=args.detect_max_pixels,
+            decode_threads=args.decode_threads, batching=not args.no_batching, max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms, threads=args.threads, ort_spinning=args.ort_spinning,
+            detector=args.detector, keep_alive_s=args.keep_alive_s, head_timeout_s=args.head_timeout_s,
+            limit_concurrency=args.limit_concurrency,
+        )
+    except ValueError as err:
+        return _fail(str(err))
 
     import uvicorn
 
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(
         target, factory=factory, host=args.host, port=args.port, workers=args.workers,
         log_level=args.log_level, access_log=False, http=protocol, timeout_keep_alive=settings.keep_alive_s,
-        limit_concurrency=settings.limit_concurrency, timeout_graceful_shutdown=10,
+        # uvicorn's limit counts open connections too and answers in plain text: a backstop
+        # above the app's own JSON 503 (ConcurrencyLimit) for floods of idle connections.
+        limit_concurrency=2 * settings.limit_concurrency + 8, timeout_graceful_shutdown=10,
     )
     return 0
 

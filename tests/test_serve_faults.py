@@ -232,6 +232,7 @@ def test_misconfigured_start_ups_fail_fast_with_one_line(model, tmp_path):
         (wrong_size, ["--detector", "none"], "image_size 224"),
         (orphan, ["--workers", "2", "--detector", "none"], "no model_info.json"),
         (model, ["--detector", "bogus"], "invalid choice: 'bogus'"),
+        (model, ["--detector", "none", "--limit-concurrency", "0"], "limit_concurrency must be >= 1"),
     ]:
         t = time.monotonic()
         proc = _serve(path, *args)
@@ -239,6 +240,31 @@ def test_misconfigured_start_ups_fail_fast_with_one_line(model, tmp_path):
         assert time.monotonic() - t < 60
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert message in lines[-1] and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+
+
+def test_requests_past_the_concurrency_limit_get_a_json_503(model, tmp_path):
+    """Two uploads stalled mid-body hold both slots; the next request is told to retry, in the
+    service's JSON error shape, and is served again once the slots are free."""
+    args = ["--detector", "none", "--limit-concurrency", "2"]
+    with running_server(model, args, log_path=tmp_path / "serve.log") as url:
+        head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n--b\r\n")
+        stalled = [socket.create_connection(("127.0.0.1", _port(url)), timeout=10) for _ in range(2)]
+        try:
+            for s in stalled:
+                s.sendall(head)
+            time.sleep(0.5)
+            r = httpx.get(f"{url}/health")
+            assert r.status_code == 503, r.text
+            assert "retry" in r.json()["detail"] and r.headers["retry-after"] == "1"
+        finally:
+            for s in stalled:
+                s.close()
+        for _ in range(50):  # the server notices the closed uploads within moments
+            if (r := httpx.get(f"{url}/health")).status_code == 200:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200
 
 
 def test_default_server_detects_faces(model, data_root, tmp_path):

@@ -42,7 +42,7 @@ from ff_keras.data.image_decode import FORMATS, MIN_SIDE, DecodedImage, ImageErr
 from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
 from ff_keras.serve.batching import MicroBatcher
-from ff_keras.serve.limits import BodyLimit
+from ff_keras.serve.limits import BodyLimit, ConcurrencyLimit
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = tuple(FORMATS.values())
@@ -51,6 +51,12 @@ DetectFlag = Annotated[
     bool, Query(description="detect and align every face first (detector \"none\": whole image = one face)")
 ]
 FacePipeline = Callable[[np.ndarray, int], tuple[list[Any], np.ndarray]]
+
+
+# Limits and pool sizes that make no sense below one (a 0 would refuse every request or hang).
+_POSITIVE_SETTINGS = ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_request_pixels",
+                      "detect_max_pixels", "max_files", "decode_threads", "max_batch", "max_head_bytes",
+                      "limit_concurrency")
 
 
 @dataclass
@@ -75,7 +81,12 @@ class ServeSettings:
     keep_alive_s: int = 5
     head_timeout_s: float = 10.0
     max_head_bytes: int = 32 * 1024
-    limit_concurrency: int = 128
+    limit_concurrency: int = 128  # requests in flight per worker (JSON 503 past it)
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_SETTINGS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def to_env(self) -> dict[str, str]:
         return {ENV_PREFIX + k.upper(): str(v) for k, v in asdict(self).items()}
@@ -402,6 +413,7 @@ def create_app(
     )
     app.state.settings, app.state.predictor, app.state.batcher = settings, predictor, batcher
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ConcurrencyLimit, max_requests=settings.limit_concurrency)  # outermost: added last
     errors = {c: {"model": schemas.ErrorResponse} for c in (400, 413, 415, 422)}
     _error_handlers(app)
     _prediction_routes(app, settings, predictor, batcher, face_pipeline, pool, errors)

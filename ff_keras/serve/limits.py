@@ -1,6 +1,10 @@
-"""Limits enforced below the routes: request body size and connection-level timeouts.
+"""Limits enforced below the routes: requests in flight, request body size and connection-level
+timeouts.
 
-``BodyLimit`` is ASGI middleware that counts body bytes as they arrive, so a chunked or
+``ConcurrencyLimit`` answers 503 in the service's JSON error shape, with ``Retry-After``, once a
+worker holds its limit of requests in flight (uvicorn's own ``limit_concurrency`` answers in
+plain text and also counts idle keep-alive connections, so ``scripts/serve.py`` keeps it only as
+a backstop above this one). ``BodyLimit`` is ASGI middleware that counts body bytes as they arrive, so a chunked or
 lying upload is cut off at the limit instead of being spooled to disk by the multipart
 parser first. ``GuardedHttpToolsProtocol`` is uvicorn's HTTP protocol with two limits it
 lacks: a request head (request line + headers) must arrive within ``head_timeout_s`` of
@@ -27,14 +31,40 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def send_json_error(send: Send, status: int, detail: str, close: bool = False) -> None:
+async def send_json_error(send: Send, status: int, detail: str, close: bool = False,
+                          retry_after_s: int | None = None) -> None:
     """A ``{"detail": ...}`` response, the service's one error shape, sent at the ASGI level."""
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if close:
         headers.append((b"connection", b"close"))
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class ConcurrencyLimit:
+    """Answers 503 while ``max_requests`` HTTP requests are already being handled by this worker."""
+
+    def __init__(self, app: Callable, max_requests: int):
+        if max_requests < 1:
+            raise ValueError(f"limit_concurrency must be >= 1, got {max_requests}")
+        self.app = app
+        self.max_requests = max_requests
+        self.in_flight = 0  # one event loop per worker: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_requests:
+            detail = f"server busy: {self.max_requests} requests already in progress on this worker; retry shortly"
+            return await send_json_error(send, 503, detail, retry_after_s=1)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class BodyLimit:
