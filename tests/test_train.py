@@ -46,11 +46,17 @@ def tables(data_root):
 
 
 def test_staged_run_leaves_a_usable_model_and_run_folder(tmp_path, tables):
-    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "train.run_id=staged"])
+    # Heads on cached embeddings, fine-tune, then heads again on the fine-tuned backbone's embeddings.
+    stages = ("train.stages=[{epochs: 1, lr: 0.01, freeze_backbone: true}, {epochs: 1, lr: 0.01, "
+              "freeze_backbone: false}, {epochs: 1, lr: 0.001, freeze_backbone: true}]")
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "train.run_id=staged", stages])
     result = train(cfg, argv=["scripts/train.py", "--config", str(SMOKE)], tables=tables)
     run = result.run_dir
     assert run == tmp_path / "smoke-staged"
-    assert result.history["epoch"] == [0, 1]  # head stage on cached embeddings, then fine-tune
+    assert result.history["epoch"] == [0, 1, 2]
+    with np.load(run / "embeddings" / "train.npz") as first, np.load(run / "embeddings_stage2" / "train.npz") as last:
+        assert first["emb"].shape == last["emb"].shape
+        assert not np.allclose(first["emb"], last["emb"])  # embedded again after the backbone moved
     assert "scripts/train.py --config" in (run / "command.txt").read_text()
     assert load_config(run / "config.yaml").train.run_id == "staged"
     # Frozen phase used the cache: flip pairs double the training rows.
@@ -68,7 +74,7 @@ def test_staged_run_leaves_a_usable_model_and_run_folder(tmp_path, tables):
     for key in ("race_accuracy", "gender_balanced_accuracy", "age_off_by_one", "age_years_mae", "race_utk_macro_f1"):
         assert np.isfinite(saved[key]), key
     for key in ("val_race_accuracy", "loss_weight_age", "lr", "gender_loss", "val_age_years_mae"):
-        assert len(result.history[key]) == 2, key
+        assert len(result.history[key]) == 3, key
     assert (run / "confusion_race.png").stat().st_size > 0
 
 

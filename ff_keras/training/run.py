@@ -244,12 +244,17 @@ def embedding_fit_inputs(net: keras.Model, heads: Sequence[str], tr: dict[str, n
     )
 
 
-def fit_inputs(run: _Run, stage: StageConfig) -> FitInputs:
-    """The stage's inputs: cached embeddings for a frozen backbone (when enabled), else images."""
+def fit_inputs(run: _Run, stage: StageConfig, index: int = 0) -> FitInputs:
+    """The stage's inputs: cached embeddings for a frozen backbone (when enabled), else images.
+
+    Each stage ``index`` > 0 caches in its own folder: a frozen stage after a fine-tuning one
+    must embed with the fine-tuned backbone, not reuse the first stage's embeddings.
+    """
     cfg = run.cfg
     if stage.freeze_backbone and cfg.train.cache_frozen_embeddings:
         plain = data.make_dataset(run.tables[0], run.root, cfg, False, run.encoders)
-        tr, va = cached_embeddings(run.net, plain, run.val_ds, run.run_dir / "embeddings", cfg.train.cache_flip)
+        folder = run.run_dir / ("embeddings" if index == 0 else f"embeddings_stage{index}")
+        tr, va = cached_embeddings(run.net, plain, run.val_ds, folder, cfg.train.cache_flip)
         return embedding_fit_inputs(run.net, run.heads, tr, va, cfg.data.batch_size, cfg.train.seed, run.strategy)
     return FitInputs(run.net, run.train_ds.repeat(), run.val_ds, len(run.tables[0]),
                      prepare=partial(_augment, cfg.augment), callbacks=[run.train_ds.bad_file_counter])
@@ -329,7 +334,7 @@ def _fit_stage(run: _Run, i: int, stage: StageConfig, epoch0: int, extra_callbac
     fast = stage.freeze_backbone and cfg.train.cache_frozen_embeddings
     print(f"stage {i}: {stage.epochs} epoch(s), lr {stage.lr}, freeze_backbone={stage.freeze_backbone}, "
           f"freeze_up_to={stage.freeze_up_to}{', cached embeddings' if fast else ''}", flush=True)
-    fit = fit_inputs(run, stage)
+    fit = fit_inputs(run, stage, i)
     steps = stage.steps_per_epoch or cfg.train.steps_per_epoch or max(1, fit.n_rows // cfg.data.batch_size)
     lr_scales = {} if fast else model_lib.layer_lr_scales(net, cfg.train.layer_lr_decay)
     with run.strategy.scope():
