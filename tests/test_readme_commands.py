@@ -42,6 +42,7 @@ PRODUCED = {
     "~/ff_runs/dlib_extended-v3": "train.run_id=v3 output_dir=~/ff_runs",
     "~/ff_runs/dlib_extended-v4": "train.run_id=v4 output_dir=~/ff_runs",
     "~/ff_runs/dlib_extended-v5": "train.run_id=v5 output_dir=~/ff_runs",
+    "~/ff_runs/dlib_extended-v5h": "train.run_id=v5h output_dir=~/ff_runs",
 }
 DEFAULT_DATA_ROOT = "../shared/data"
 # Data the user brings from outside the repository, and the source the README must name for it.
