@@ -48,8 +48,8 @@ class ConcurrencyLimit:
     """Answers 503 while ``max_requests`` HTTP requests are already being handled by this worker."""
 
     def __init__(self, app: Callable, max_requests: int):
-        if max_requests < 1:
-            raise ValueError(f"limit_concurrency must be >= 1, got {max_requests}")
+        # ``ServeSettings`` refuses limits below 1 at start-up; Starlette builds middleware lazily,
+        # at the first request, too late for a check here.
         self.app = app
         self.max_requests = max_requests
         self.in_flight = 0  # one event loop per worker: no lock needed
