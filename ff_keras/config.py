@@ -100,6 +100,9 @@ class TrainConfig:
     lr: float = 1e-3
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    # Class-balanced loss per head: {head: power}, class weight ~ n_c ** -power over the
+    # training rows (0.5 = inverse square root, 1 = balanced), mean 1 (losses.class_balance_weights).
+    class_balance: dict[str, float] = field(default_factory=dict)
     age_years_loss: str = "huber"  # "l1" | "huber"
     loss_weights: dict[str, float] = field(
         default_factory=lambda: {"age": 1.0, "gender": 1.0, "race": 1.0, "race_utk": 1.0, "age_years": 0.05}

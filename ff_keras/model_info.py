@@ -15,6 +15,7 @@ from typing import Any
 from ff_keras import __version__, labels
 
 INFO_NAME = "model_info.json"
+TTA_MODES = ("none", "flip")  # test-time augmentation baked into an exported graph
 INPUT_CONTRACT = (
     "image: float32 [N, H, W, 3], RGB 0-255, an aligned face crop (dlib 5-point, padding 0.25) "
     "resized to image_size x image_size; normalisation happens inside the model"
@@ -34,6 +35,12 @@ class ModelInfo:
     temperature: dict[str, float] = field(default_factory=dict)
     input_contract: str = INPUT_CONTRACT
     outputs: str = "logits"  # "logits" (training model) | "probabilities" (exported)
+    # "flip": the exported graph averages each output over the image and its mirror image
+    # (two backbone passes per face); "none": one pass.
+    tta: str = "none"
+    # Per-head class weights the exported probabilities were multiplied by and renormalised
+    # with (post-hoc prior correction, ``export.add_prior_correction``); empty = none.
+    prior_correction: dict[str, list[float]] = field(default_factory=dict)
     version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +79,8 @@ def load_info(artifact: str | Path) -> ModelInfo:
         raise ValueError(f"{path} is not a valid model sidecar: {err}") from err
     if not isinstance(info.image_size, int) or info.image_size < 1:
         raise ValueError(f"{path}: image_size must be a positive integer, got {info.image_size!r}")
+    if info.tta not in TTA_MODES:
+        raise ValueError(f"{path}: unknown tta {info.tta!r}; expected one of {list(TTA_MODES)}")
     unknown = [h for h in info.regression_heads if h not in labels.REGRESSION_HEADS]
     if unknown:
         raise ValueError(f"{path}: unknown regression heads {unknown}; known: {list(labels.REGRESSION_HEADS)}")
@@ -91,6 +100,8 @@ def onnx_metadata(info: ModelInfo) -> dict[str, str]:
         "regression_heads": json.dumps(list(info.regression_heads)),
         "temperature": json.dumps({h: info.temperature.get(h, 1.0) for h in info.heads}),
         "backbone": info.backbone,
+        "tta": info.tta,
+        "prior_correction": json.dumps(info.prior_correction),
         "version": info.version,
     }
 
@@ -116,8 +127,19 @@ def check_onnx_agrees(
         wrong = [h for h in info.heads if h in classes and classes[h] != list(info.classes[h])]
         if wrong:
             raise ValueError(f"{where} disagree on the class names of {wrong}")
+    if metadata.get("tta", "none") != info.tta:
+        raise ValueError(f"{where} disagree: ONNX metadata tta {metadata.get('tta', 'none')!r}, sidecar {info.tta!r}")
+    if "prior_correction" in metadata and not _same_weights(json.loads(metadata["prior_correction"]),
+                                                            info.prior_correction):
+        raise ValueError(f"{where} disagree on the prior correction: ONNX metadata {metadata['prior_correction']}, "
+                         f"sidecar {json.dumps(info.prior_correction)}")
     missing = [h for h in [*info.heads, *info.regression_heads] if h not in outputs]
     if missing:
         raise ValueError(
             f"{where} disagree: the sidecar lists heads {missing} the model lacks (it has {outputs})"
         )
+
+
+def _same_weights(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool:
+    return sorted(a) == sorted(b) and all(len(a[h]) == len(b[h]) and all(
+        abs(x - y) <= 1e-6 * max(1.0, abs(y)) for x, y in zip(a[h], b[h])) for h in a)

@@ -186,3 +186,62 @@ def test_int8_quantisation_reports_agreement_and_speed(exported, data_root, face
     assert {h: r["n"] for h, r in report["accuracy"].items()} == {"age": 32, "gender": 32, "race": 16}
     assert report["speed"]["batch1"]["speedup"] > 0
     assert report["size_mb"]["int8"] < report["size_mb"]["fp32"]
+
+
+def test_adjusted_copy_flips_and_corrects_the_race_prior(exported, faces, tmp_path, data_root):
+    """scripts/adjust_onnx.py: outputs = mean over face and mirror, race reweighted by prior ** -1."""
+    import pandas as pd
+
+    from ff_keras.config import load_config
+    from ff_keras.evaluation.run import run_evaluation
+    from ff_keras.inference.export import write_adjusted_onnx
+    from ff_keras.inference.predictor import load_predictor
+    from ff_keras.model_info import load_info
+
+    src, out = exported[1] / "model.onnx", tmp_path / "adjusted"
+    proc = subprocess.run([sys.executable, "scripts/adjust_onnx.py", "--onnx", str(src), "--out", str(out),
+                           "--flip-tta", "--prior-correction", "race=1.0", "--manifests", "splits",
+                           "--data-root", str(data_root)],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    adjusted = load_predictor(out / "model.onnx")
+    assert adjusted.info.tta == "flip" and load_info(out / "model.onnx").extra["adjusted"]["parity"]
+    # The priors come from the base split's FairFace training rows, in the model's class order.
+    base = pd.read_csv(REPO / "splits" / "fairface.csv")
+    freq = base.loc[base["split"] == "train", "race"].value_counts(normalize=True)[list(labels.RACES)].to_numpy()
+    w = freq**-1.0
+    np.testing.assert_allclose(adjusted.info.prior_correction["race"], w / w.mean(), rtol=1e-6)
+    plain = load_predictor(src)
+    a, b, got = plain.predict(faces), plain.predict(faces[:, :, ::-1].copy()), adjusted.predict(faces)
+    for head in ["age", "gender", "age_years"]:
+        np.testing.assert_allclose(got[head], (a[head] + b[head]) / 2, atol=EXPORT_ATOL)
+        assert not np.allclose(got[head], a[head], atol=1e-6), head  # the mirror really went in
+    race = (a["race"] + b["race"]) / 2 * w
+    np.testing.assert_allclose(got["race"], race / race.sum(-1, keepdims=True), atol=EXPORT_ATOL)
+    np.testing.assert_allclose(got["race"].sum(-1), 1.0, atol=1e-5)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_modelmeta().custom_metadata_map["tta"] == "flip"
+    for n in (1, 3):  # dynamic batch still works: the halves are split at the input's batch size
+        single = dict(zip(HEADS, sess.run(HEADS, {"image": faces[:n]})))
+        np.testing.assert_allclose(single["race"], got["race"][:n], atol=EXPORT_ATOL)
+    with pytest.raises(ValueError, match="already averages over flips"):
+        write_adjusted_onnx(out / "model.onnx", tmp_path / "twice.onnx", adjusted.info, faces, flip=True)
+    with pytest.raises(ValueError, match=r"already corrects the class priors of \['race'\]"):
+        write_adjusted_onnx(out / "model.onnx", tmp_path / "twice.onnx", adjusted.info, faces,
+                            prior_weights={"race": [1.0] * 7})
+    with pytest.raises(ValueError, match="already averages over flips inside its graph"):
+        run_evaluation(out / "model.onnx", "val", load_config(None, ["evaluation.tta=flip"]), limit=4)
+    # A file and a sidecar that disagree on the adjustments are refused, naming both.
+    (out / "model_info.json").write_text((exported[1] / "model_info.json").read_text())
+    with pytest.raises(ValueError, match="ONNX metadata tta 'flip', sidecar 'none'"):
+        load_predictor(out / "model.onnx")
+
+
+def test_adjust_onnx_refuses_bad_arguments(exported, tmp_path):
+    src = exported[1] / "model.onnx"
+    for extra, message in [([], "nothing to do"), (["--prior-correction", "ethnicity=1"], "HEAD=TAU with HEAD one of"),
+                           (["--prior-correction", "race=high"], "TAU must be a number")]:
+        proc = subprocess.run([sys.executable, "scripts/adjust_onnx.py", "--onnx", str(src), "--out",
+                               str(tmp_path / "x"), *extra], check=False, cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr[-500:])

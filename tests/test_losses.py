@@ -89,3 +89,33 @@ def test_age_metrics_off_by_one_top2_and_mae():
     got = _update(mae, np.array([20.0, np.nan, 40.0], np.float32), np.array([[25.0], [0.0], [30.0]], np.float32),
                   np.array([1, 0, 1], np.float32))
     assert got == pytest.approx(7.5)
+
+
+def test_class_balance_weights_follow_the_counts_and_keep_the_loss_scale():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    ids = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    full = losses.class_balance_weights(ids, 3, 1.0)
+    np.testing.assert_allclose(full, compute_class_weight("balanced", classes=np.arange(3), y=ids))
+    sqrt = losses.class_balance_weights(ids, 3, 0.5)
+    np.testing.assert_allclose(sqrt[2] / sqrt[0], np.sqrt(6.0))
+    for w in (full, sqrt):
+        assert np.isclose(w[ids].mean(), 1.0)  # mean weight 1 over the rows
+    np.testing.assert_allclose(losses.class_balance_weights(ids, 3, 0.0), 1.0)
+    with pytest.raises(ValueError, match=r"classes \[3\] have no training rows"):
+        losses.class_balance_weights(ids, 4, 0.5)
+    with pytest.raises(ValueError, match="power must be in"):
+        losses.class_balance_weights(ids, 3, 2.0)
+
+
+def test_class_weighted_cross_entropy_scales_each_row_by_its_class():
+    logits = RNG.normal(size=(5, 7)).astype(np.float32)
+    y = np.array([0, 6, 6, 2, 0])
+    weights = np.arange(1, 8, dtype=np.float32)
+    plain = losses.SparseCEFromLogits(7)(tf.constant(y), tf.constant(logits)).numpy()
+    weighted = losses.build_losses(["race"], class_weights={"race": weights})["race"]
+    np.testing.assert_allclose(weighted(tf.constant(y), tf.constant(logits)).numpy(), plain * weights[y], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"class weights for \['gender'\]"):
+        losses.build_losses(["race"], class_weights={"gender": [1.0, 1.0]})
+    with pytest.raises(ValueError, match="3 entries for 7 classes"):
+        losses.SparseCEFromLogits(7, class_weights=[1.0, 1.0, 1.0])

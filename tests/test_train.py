@@ -104,3 +104,18 @@ def test_resnet34_recipe_runs_at_tiny_scale(tmp_path, tables):
     assert result.history["epoch"] == [0]
     assert np.isfinite(result.history["loss"][0])
     assert keras.mixed_precision.global_policy().name == "float32"  # policy restored afterwards
+
+
+def test_class_balanced_race_loss_weights_come_from_the_training_rows(tmp_path, data_root):
+    train_t, val_t = tiny_tables(data_root, n_train=160, n_val=16)
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "train.run_id=balanced", "train.class_balance={race: 0.5}",
+                              "train.stages=[{epochs: 1, lr: 0.01, freeze_backbone: true}]"])
+    result = train(cfg, argv=["test"], tables=(train_t, val_t))
+    counts = train_t.loc[labels.labelled_mask(train_t, "race"), "race"].value_counts()
+    want = np.array([counts[r] ** -0.5 for r in labels.RACES])
+    want *= counts.sum() / (want * counts[list(labels.RACES)].to_numpy()).sum()
+    got = load_info(result.model_path).extra["class_weights"]["race"]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    bad = load_config(SMOKE, [f"output_dir={tmp_path}", "train.run_id=bad", "train.class_balance={ethnicity: 1}"])
+    with pytest.raises(ValueError, match=r"train.class_balance names \['ethnicity'\]"):
+        train(bad, argv=["test"], tables=(train_t, val_t))

@@ -21,10 +21,10 @@ from ff_keras import labels
 from ff_keras.splits import build as splits
 from ff_keras.config import Config
 from ff_keras.data.readers import resolve_data_root
+from ff_keras.model_info import TTA_MODES
 from ff_keras.paths import repo_path
 
 log = logging.getLogger(__name__)
-TTA_MODES = ("none", "flip")
 
 
 def load_rows(cfg: Config, split: str, limit: int = 0) -> pd.DataFrame:
@@ -221,6 +221,9 @@ def run_evaluation(
             f"{model_path} is an export (outputs={info.outputs!r}); fit the temperature on the "
             "training checkpoint (.keras with logits) and export again"
         )
+    if ev.tta != "none" and info.tta != "none":
+        raise ValueError(f"{model_path} already averages over flips inside its graph (tta={info.tta!r}); "
+                         f"evaluate it with evaluation.tta=none")
     table = load_rows(cfg, split, limit)
     plain, tta = predict_rows(predictor, table, root, ev.tta, ev.batch_size)
     probs = tta if tta is not None else plain

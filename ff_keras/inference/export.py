@@ -234,6 +234,152 @@ def _check_onnx(path: Path, info: ModelInfo, images, reference, name: str, atol:
     return check_parity(name, reference, got, list(reference), atol)
 
 
+# === Adjusting an exported ONNX graph: flip TTA, class-prior correction ===
+
+
+def _int64(name: str, values: Sequence[int]):
+    from onnx import TensorProto, helper
+
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64,
+                                                                              [len(values)], values))
+
+
+def _rename_outputs(graph, names: Sequence[str], suffix: str) -> dict[str, str]:
+    """Points every producer and consumer of the graph outputs ``names`` at ``<name><suffix>``."""
+    inner = {name: f"{name}{suffix}" for name in names}
+    for node in graph.node:
+        node.input[:] = [inner.get(n, n) for n in node.input]
+        node.output[:] = [inner.get(n, n) for n in node.output]
+    return inner
+
+
+def add_flip_tta(proto: Any) -> Any:
+    """The same ONNX graph run once on ``[image; mirrored image]``, each output the mean of the halves.
+
+    Services calling the file get the flip-averaged predictions that ``scripts/evaluate.py
+    --tta flip`` scores, at twice the compute, without code of their own. Probabilities stay
+    normalised under the mean; ``age_years`` is averaged in years.
+    """
+    from onnx import helper
+
+    out = copy.deepcopy(proto)
+    graph = out.graph
+    (image,) = [i.name for i in graph.input]
+    outputs = [o.name for o in graph.output]
+    both = "tta/image_and_mirror"
+    for node in graph.node:  # the original graph now reads both halves
+        node.input[:] = [both if n == image else n for n in node.input]
+    inner = _rename_outputs(graph, outputs, "/tta_both")
+    front = [
+        _int64("tta/minus1", [-1]), _int64("tta/zero", [0]), _int64("tta/one", [1]), _int64("tta/width_axis", [2]),
+        _int64("tta/lowest", [np.iinfo(np.int64).min]), _int64("tta/highest", [np.iinfo(np.int64).max]),
+        # mirror = image[:, :, ::-1]; both = [image; mirror]; n = batch size
+        helper.make_node("Slice", [image, "tta/minus1", "tta/lowest", "tta/width_axis", "tta/minus1"], ["tta/mirror"]),
+        helper.make_node("Concat", [image, "tta/mirror"], [both], axis=0),
+        helper.make_node("Shape", [image], ["tta/shape"]),
+        helper.make_node("Slice", ["tta/shape", "tta/zero", "tta/one"], ["tta/n"]),
+    ]
+    back = []
+    for name in outputs:
+        halves = (f"tta/{name}_plain", f"tta/{name}_mirror")
+        back += [
+            helper.make_node("Slice", [inner[name], "tta/zero", "tta/n", "tta/zero"], [halves[0]]),
+            helper.make_node("Slice", [inner[name], "tta/n", "tta/highest", "tta/zero"], [halves[1]]),
+            helper.make_node("Mean", list(halves), [name]),
+        ]
+    nodes = [*front, *graph.node, *back]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
+def add_prior_correction(proto: Any, weights: dict[str, Sequence[float]]) -> Any:
+    """Each head's probabilities multiplied by per-class ``weights`` and renormalised.
+
+    With weights ``prior ** -tau`` this is post-hoc logit adjustment (Menon et al., 2021): the
+    argmax then favours classes the training rows under-represent (tau 1 targets balanced
+    accuracy), without retraining.
+    """
+    from onnx import TensorProto, helper
+
+    out = copy.deepcopy(proto)
+    graph = out.graph
+    inner = _rename_outputs(graph, list(weights), "/uncorrected")
+    nodes = [_int64("prior/last_axis", [-1])]
+    for head, w in weights.items():
+        nodes += [
+            helper.make_node("Constant", [], [f"prior/{head}_w"], value=helper.make_tensor(
+                f"prior/{head}_w", TensorProto.FLOAT, [len(w)], [float(v) for v in w])),
+            helper.make_node("Mul", [inner[head], f"prior/{head}_w"], [f"prior/{head}_weighted"]),
+            helper.make_node("ReduceSum", [f"prior/{head}_weighted", "prior/last_axis"], [f"prior/{head}_sum"],
+                             keepdims=1),
+            helper.make_node("Div", [f"prior/{head}_weighted", f"prior/{head}_sum"], [head]),
+        ]
+    graph.node.extend(nodes)
+    return out
+
+
+def prior_correction_weights(prior: Sequence[float], tau: float) -> list[float]:
+    """``prior ** -tau`` scaled to mean 1 (the scale cancels in the renormalisation)."""
+    if tau < 0:
+        raise ValueError(f"prior correction tau must be >= 0, got {tau}")
+    prior = np.asarray(prior, np.float64)
+    if prior.ndim != 1 or (prior <= 0).any():
+        raise ValueError(f"class priors must be positive, got {prior.tolist()}")
+    w = prior**-tau
+    return (w / w.mean()).tolist()
+
+
+def adjusted_reference(predictor, images: np.ndarray, flip: bool, weights: dict[str, Sequence[float]]) -> dict:
+    """What the adjusted graph must return, computed with the source model in numpy."""
+    out = predictor.predict(images)
+    if flip:
+        mirrored = predictor.predict(images[:, :, ::-1].copy())
+        out = {h: (out[h] + mirrored[h]) / 2 for h in out}
+    for head, w in weights.items():
+        p = out[head] * np.asarray(w, np.float32)
+        out[head] = p / p.sum(-1, keepdims=True)
+    return out
+
+
+def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, images: np.ndarray, *,
+                        flip: bool = False, prior_weights: dict[str, Sequence[float]] | None = None) -> dict:
+    """Writes ``src`` with flip TTA and/or prior correction to ``dst`` (metadata updated), checked
+    against the source model run in numpy on real faces (raises ParityError). Returns the parity
+    report; the adjusted sidecar is ``adjusted_info(info, ...)``."""
+    import onnx
+    from ff_keras.inference.predictor import OnnxPredictor
+
+    prior_weights = dict(prior_weights or {})
+    if flip and info.tta != "none":
+        raise ValueError(f"{src} already averages over flips (tta={info.tta!r})")
+    redone = [h for h in prior_weights if h in info.prior_correction]
+    if redone:
+        raise ValueError(f"{src} already corrects the class priors of {redone}")
+    unknown = [h for h in prior_weights if h not in info.heads or len(prior_weights[h]) != len(info.classes[h])]
+    if unknown:
+        raise ValueError(f"prior weights for {unknown} do not match the model's heads {info.heads} and their classes")
+    source = OnnxPredictor(src, replace(info, outputs="probabilities"))
+    images = images.astype(np.float32)
+    reference = adjusted_reference(source, images, flip, prior_weights)
+    proto = onnx.load(str(src))
+    if flip:
+        proto = add_flip_tta(proto)
+    if prior_weights:
+        proto = add_prior_correction(proto, prior_weights)
+    onnx.checker.check_model(proto, full_check=True)
+    new_info = adjusted_info(info, flip, prior_weights)
+    onnx.helper.set_model_props(proto, onnx_metadata(new_info))
+    onnx.save(proto, str(dst))
+    got = OnnxPredictor(dst, new_info).predict(images)
+    return check_parity("onnx_adjusted", reference, got, list(reference), EXPORT_ATOL)
+
+
+def adjusted_info(info: ModelInfo, flip: bool, prior_weights: dict[str, Sequence[float]]) -> ModelInfo:
+    return replace(info, outputs="probabilities", tta="flip" if flip else info.tta,
+                   prior_correction={**info.prior_correction, **{h: list(w) for h, w in prior_weights.items()}})
+
+
 # === Whole pipeline ===
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from ff_keras import labels
@@ -26,13 +27,19 @@ class SparseCEFromLogits:
     Keras' SparseCategoricalCrossentropy has no ``label_smoothing``; integer labels become
     smoothed one-hot targets for ``tf.nn.softmax_cross_entropy_with_logits`` (unreduced,
     Keras' CategoricalCrossentropy formula without its per-call overhead).
+
+    ``class_weights`` (one per class, see ``class_balance_weights``) scale each row's loss by
+    the weight of its true class.
     """
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
         self.num_classes = num_classes
         self.label_smoothing = float(label_smoothing)
+        self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def __call__(self, y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
         ids = tf.reshape(tf.cast(y_true, tf.int32), [-1])
@@ -42,7 +49,24 @@ class SparseCEFromLogits:
         eps = self.label_smoothing
         target = tf.one_hot(ids, self.num_classes, on_value=1.0 - eps + eps / self.num_classes,
                             off_value=eps / self.num_classes, dtype=tf.float32)
-        return tf.nn.softmax_cross_entropy_with_logits(target, tf.cast(logits, tf.float32))
+        loss = tf.nn.softmax_cross_entropy_with_logits(target, tf.cast(logits, tf.float32))
+        return loss if self.class_weights is None else loss * tf.gather(self.class_weights, ids)
+
+
+def class_balance_weights(class_ids: np.ndarray, num_classes: int, power: float) -> np.ndarray:
+    """Per-class loss weights ``n_c ** -power``, scaled to average 1 over the rows ``class_ids``.
+
+    power 0 = off, 0.5 = inverse square root of the class frequency, 1 = every class counts as
+    much as the others in total (sklearn's "balanced"). The mean of 1 keeps the head's loss
+    scale, so ``loss_weights`` keep their meaning.
+    """
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"class balance power must be in [0, 1], got {power}")
+    counts = np.bincount(np.asarray(class_ids, np.int64), minlength=num_classes).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError(f"classes {np.flatnonzero(counts == 0).tolist()} have no training rows; cannot balance")
+    weights = counts**-power
+    return weights * counts.sum() / (weights * counts).sum()
 
 
 class RegressionLoss:
@@ -65,13 +89,19 @@ class RegressionLoss:
 
 
 def build_losses(
-    heads: Sequence[str], label_smoothing: float = 0.0, age_years_loss: str = "huber"
+    heads: Sequence[str], label_smoothing: float = 0.0, age_years_loss: str = "huber",
+    class_weights: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, PerSampleLoss]:
-    """Per-sample loss per head: cross-entropy for class heads, L1/Huber for ``age_years``."""
+    """Per-sample loss per head: cross-entropy for class heads (optionally class-weighted),
+    L1/Huber for ``age_years``."""
+    class_weights = dict(class_weights or {})
+    stray = [h for h in class_weights if h not in heads or h not in labels.HEAD_CLASSES]
+    if stray:
+        raise ValueError(f"class weights for {stray}, which are not class heads of this model ({list(heads)})")
     out: dict[str, PerSampleLoss] = {}
     for head in heads:
         if head in labels.HEAD_CLASSES:
-            out[head] = SparseCEFromLogits(len(labels.HEAD_CLASSES[head]), label_smoothing)
+            out[head] = SparseCEFromLogits(len(labels.HEAD_CLASSES[head]), label_smoothing, class_weights.get(head))
         elif head in labels.REGRESSION_HEADS:
             out[head] = RegressionLoss(age_years_loss)
         else:

@@ -40,7 +40,7 @@ from ff_keras.data.augment import augment_batch
 from ff_keras.config import Config, StageConfig, save_config, to_dict
 from ff_keras.convert.pretrained import build_pretrained, resolve_weights
 from ff_keras.data.readers import resolve_data_root
-from ff_keras.training.losses import build_losses, head_losses
+from ff_keras.training.losses import build_losses, class_balance_weights, head_losses
 from ff_keras.model_info import ModelInfo
 from ff_keras.paths import repo_path
 from ff_keras.training.tracking import Tracker, TrackingCallback
@@ -278,6 +278,21 @@ def stage_callbacks(weighting: LossWeighting, tracker: Tracker,
     return [LossWeightingCallback(weighting), LearningRateLogger(), *between, TrackingCallback(tracker)]
 
 
+def balanced_class_weights(table: pd.DataFrame, heads: list[str], encoders: dict,
+                           powers: dict[str, float]) -> dict[str, np.ndarray]:
+    """``train.class_balance`` -> per-class loss weights from the training rows' label counts."""
+    unknown = [h for h in powers if h not in encoders]
+    if unknown:
+        raise ValueError(f"train.class_balance names {unknown}, not class heads of this run ({sorted(encoders)})")
+    ys, ws = data.encode_labels(table, list(powers), encoders)
+    out = {}
+    for head, power in powers.items():
+        out[head] = class_balance_weights(ys[head][ws[head] > 0], len(labels.HEAD_CLASSES[head]), float(power))
+        print(f"class-balanced {head} loss (power {power}): "
+              + ", ".join(f"{c} {w:.2f}" for c, w in zip(labels.HEAD_CLASSES[head], out[head])), flush=True)
+    return out
+
+
 def _start_run(cfg: Config, argv, tables) -> _Run:
     """Strategy, run folder, data, model, loss weighting, tracker and sidecar of a run."""
     # First: logical devices and collectives must be set up before the TF runtime starts.
@@ -307,11 +322,16 @@ def _start_run(cfg: Config, argv, tables) -> _Run:
     with strategy.scope():
         net = build_pretrained(cfg)
         weighting = LossWeighting(heads, cfg.train.loss_weighting, cfg.train.loss_weights, cfg.train.dwa_temperature)
-    loss_fns = build_losses(heads, cfg.train.label_smoothing, cfg.train.age_years_loss)
+    class_weights = balanced_class_weights(train_t, heads, encoders, cfg.train.class_balance)
+    loss_fns = build_losses(heads, cfg.train.label_smoothing, cfg.train.age_years_loss, class_weights)
     info = ModelInfo(cfg.data.image_size, cfg.model.backbone,
                      heads=[h for h in heads if h in labels.HEAD_CLASSES],
                      extra={"regression_heads": [h for h in heads if h in labels.REGRESSION_HEADS],
                             "run": run_dir.name, "loss_weighting": cfg.train.loss_weighting,
+                            # read back from the losses themselves: what training really weighs
+                            "class_weights": {h: [round(float(v), 4) for v in fn.class_weights.numpy()]
+                                              for h, fn in loss_fns.items()
+                                              if getattr(fn, "class_weights", None) is not None},
                             "distribute": replicas})
     return _Run(cfg, strategy, run_dir, root, (train_t, val_t), heads, encoders, train_ds, val_ds, net, weighting,
                 loss_fns, _run_tracker(cfg, run_dir, policy), info)
