@@ -224,7 +224,8 @@ def test_flags_overrides_and_paths(script, monkeypatch):
             except AssertionError as err:
                 problems.append(f"`{cmd}`: {err}")
                 continue
-            overrides = [a for a in variant if OVERRIDE.match(a)]
+            # the positional dotted overrides the script parsed (a flag's KEY=VALUE value is not one)
+            overrides = [a for a in getattr(ns, "overrides", None) or [] if OVERRIDE.match(a)]
             if overrides:
                 config = getattr(ns, "config", None) or DEFAULT_CONFIG
                 try:
