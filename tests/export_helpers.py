@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 TEMPERATURE = {"age": 1.5, "gender": 0.7, "race": 1.2}
 
 
-def tiny_checkpoint(folder: Path, policy: str | None = None) -> Path:
-    """Writes ``folder/ckpt.keras`` + ``model_info.json`` (outputs = logits) and returns the path."""
+def tiny_checkpoint(folder: Path, policy: str | None = None, temperature: dict[str, float] | None = None) -> Path:
+    """Writes ``folder/ckpt.keras`` + ``model_info.json`` (outputs = logits; ``TEMPERATURE`` unless
+    ``temperature`` is given) and returns the path."""
     import keras
 
     from ff_keras.config import load_config
@@ -38,7 +39,8 @@ def tiny_checkpoint(folder: Path, policy: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "ckpt.keras"
     model.save(path)
-    info = ModelInfo(image_size=cfg.data.image_size, backbone=cfg.model.backbone, temperature=dict(TEMPERATURE))
+    temperature = dict(TEMPERATURE if temperature is None else temperature)
+    info = ModelInfo(image_size=cfg.data.image_size, backbone=cfg.model.backbone, temperature=temperature)
     save_info(info, folder)
     return path
 

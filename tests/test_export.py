@@ -237,6 +237,52 @@ def test_adjusted_copy_flips_and_corrects_the_race_prior(exported, faces, tmp_pa
         load_predictor(out / "model.onnx")
 
 
+def test_calibrated_copy_fits_output_temperatures_on_val_and_keeps_every_prediction(tmp_path, data_root, faces):
+    """--calibrate: softmax(log p / T) on the flipped, corrected outputs, T fitted on val rows."""
+    from ff_keras.evaluation.calibration import apply_temperature, nll
+    from ff_keras.evaluation.metrics import encode
+    from ff_keras.evaluation.run import predict_rows
+    from ff_keras.inference.export import adjusted_info, export_checkpoint, write_adjusted_onnx
+    from ff_keras.inference.predictor import OnnxPredictor, load_predictor
+    from ff_keras.model_info import load_info
+    from ff_keras.splits.build import load_split
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", temperature={})  # an export without temperatures of its own
+    export_checkpoint(ckpt, tmp_path / "export", data_root)
+    src, out = tmp_path / "export" / "model.onnx", tmp_path / "calibrated"
+    proc = subprocess.run([sys.executable, "scripts/adjust_onnx.py", "--onnx", str(src), "--out", str(out),
+                           "--flip-tta", "--prior-correction", "race=1.0", "--calibrate", "--calibration-limit",
+                           "300", "--manifests", "splits", "--data-root", str(data_root)],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = load_info(out / "model.onnx")
+    temps = info.temperature
+    assert set(temps) == {"age", "gender", "race"} and info.extra["adjusted"]["calibration"]["rows"] == 300
+    untempered, weights = tmp_path / "untempered.onnx", {"race": info.prior_correction["race"]}
+    write_adjusted_onnx(src, untempered, load_info(src), faces, flip=True, prior_weights=weights)
+    before = OnnxPredictor(untempered, adjusted_info(load_info(src), True, weights))
+    calibrated = load_predictor(out / "model.onnx")
+    want, got = before.predict(faces), calibrated.predict(faces)
+    for head, t in temps.items():
+        np.testing.assert_allclose(got[head], apply_temperature(want[head], t), atol=1e-5)
+        assert (got[head].argmax(1) == want[head].argmax(1)).all(), head  # no prediction changes
+    np.testing.assert_allclose(got["age_years"], want["age_years"], atol=1e-5)
+    # On the val sample it was fitted on, every head's NLL is no worse, and some head's is better.
+    table = load_split("splits", ["fairface", "utkface"], "val").sample(n=300, random_state=0).reset_index(drop=True)
+    p0, p1 = predict_rows(before, table, data_root)[0], predict_rows(calibrated, table, data_root)[0]
+    gains = {}
+    for head in temps:
+        rows = labels.labelled_mask(table, head)
+        y = encode(table.loc[rows], head)
+        gains[head] = nll(p0[head][rows], y) - nll(p1[head][rows], y)
+    assert min(gains.values()) > -1e-6 and max(gains.values()) > 1e-3, (temps, gains)
+    # An export that is already temperature-scaled inside its network is refused, naming the file.
+    proc = subprocess.run([sys.executable, "scripts/adjust_onnx.py", "--onnx", str(out / "model.onnx"), "--out",
+                           str(tmp_path / "again"), "--calibrate"],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "already temperature-scaled" in proc.stderr, proc.stderr[-500:]
+
+
 def test_adjust_onnx_refuses_bad_arguments(exported, tmp_path):
     src = exported[1] / "model.onnx"
     for extra, message in [([], "nothing to do"), (["--prior-correction", "ethnicity=1"], "HEAD=TAU with HEAD one of"),

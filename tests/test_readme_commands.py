@@ -45,8 +45,9 @@ PRODUCED = {
     "~/ff_runs/dlib_extended-v5h": "train.run_id=v5h output_dir=~/ff_runs",
     "~/ff_runs/dlib_extended-v7": "train.run_id=v7 output_dir=~/ff_runs",
     "~/ff_runs/dlib_extended-v7h": "train.run_id=v7h output_dir=~/ff_runs",
-    "artifacts/release3/model.onnx": "dlib_extended-v5h/best/model.keras --out artifacts/release3",
-    "artifacts/release3_1/model.onnx": "--out artifacts/release3_1 --flip-tta",
+    "~/ff_runs/dlib_extended-v7h0": "train.run_id=v7h0 output_dir=~/ff_runs",
+    "artifacts/release4/model.onnx": "dlib_extended-v7h0/best/model.keras --out artifacts/release4",
+    "artifacts/release4_adjusted/model.onnx": "--out artifacts/release4_adjusted --flip-tta",
 }
 DEFAULT_DATA_ROOT = "../shared/data"
 # Data the user brings from outside the repository, and the source the README must name for it.

@@ -25,7 +25,7 @@ import numpy as np
 
 from ff_keras import labels
 from ff_keras.data.crops import fairface_val_crops
-from ff_keras.inference.predictor import argmax_agreement, load_images
+from ff_keras.inference.predictor import argmax_agreement, load_images, softmax
 from ff_keras.model_info import ModelInfo, load_info, onnx_metadata, save_info
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ KERAS_ATOL = 1e-6  # same graph, same runtime: only serialisation can differ
 EXPORT_ATOL = 1e-4  # other runtimes (TF graph, ONNX Runtime) reorder float ops
 OPSET = 17
 N_PARITY = 64
+LOG_EPS = 1e-12  # probabilities are clipped here before a log, as ``evaluation.calibration`` does
 
 
 class ParityError(AssertionError):
@@ -319,6 +320,35 @@ def add_prior_correction(proto: Any, weights: dict[str, Sequence[float]]) -> Any
     return out
 
 
+def add_output_temperature(proto: Any, temperatures: dict[str, float]) -> Any:
+    """Each head's final probabilities re-tempered as ``softmax(log p / T)``.
+
+    Calibrates what the file actually returns, after the flip mean and the prior correction
+    (a temperature inside the network would change their argmax); per row it is monotone,
+    so every prediction stays the same.
+    """
+    from onnx import TensorProto, helper
+
+    out = copy.deepcopy(proto)
+    graph = out.graph
+    inner = _rename_outputs(graph, list(temperatures), "/untempered")
+    nodes = [helper.make_node("Constant", [], ["temper/eps"], value=helper.make_tensor(
+        "temper/eps", TensorProto.FLOAT, [], [LOG_EPS]))]
+    for head, t in temperatures.items():
+        if not t > 0:
+            raise ValueError(f"temperature of {head} must be > 0, got {t}")
+        nodes += [
+            helper.make_node("Constant", [], [f"temper/{head}_inv_t"], value=helper.make_tensor(
+                f"temper/{head}_inv_t", TensorProto.FLOAT, [], [1.0 / t])),
+            helper.make_node("Max", [inner[head], "temper/eps"], [f"temper/{head}_clipped"]),
+            helper.make_node("Log", [f"temper/{head}_clipped"], [f"temper/{head}_log"]),
+            helper.make_node("Mul", [f"temper/{head}_log", f"temper/{head}_inv_t"], [f"temper/{head}_scaled"]),
+            helper.make_node("Softmax", [f"temper/{head}_scaled"], [head], axis=-1),
+        ]
+    graph.node.extend(nodes)
+    return out
+
+
 def prior_correction_weights(prior: Sequence[float], tau: float) -> list[float]:
     """``prior ** -tau`` scaled to mean 1 (the scale cancels in the renormalisation)."""
     if tau < 0:
@@ -330,7 +360,8 @@ def prior_correction_weights(prior: Sequence[float], tau: float) -> list[float]:
     return (w / w.mean()).tolist()
 
 
-def adjusted_reference(predictor, images: np.ndarray, flip: bool, weights: dict[str, Sequence[float]]) -> dict:
+def adjusted_reference(predictor, images: np.ndarray, flip: bool, weights: dict[str, Sequence[float]],
+                       temperatures: dict[str, float] | None = None) -> dict:
     """What the adjusted graph must return, computed with the source model in numpy."""
     out = predictor.predict(images)
     if flip:
@@ -339,14 +370,17 @@ def adjusted_reference(predictor, images: np.ndarray, flip: bool, weights: dict[
     for head, w in weights.items():
         p = out[head] * np.asarray(w, np.float32)
         out[head] = p / p.sum(-1, keepdims=True)
+    for head, t in (temperatures or {}).items():
+        out[head] = softmax(np.log(np.clip(out[head], LOG_EPS, 1.0)), t)
     return out
 
 
 def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, images: np.ndarray, *,
-                        flip: bool = False, prior_weights: dict[str, Sequence[float]] | None = None) -> dict:
-    """Writes ``src`` with flip TTA and/or prior correction to ``dst`` (metadata updated), checked
-    against the source model run in numpy on real faces (raises ParityError). Returns the parity
-    report; the adjusted sidecar is ``adjusted_info(info, ...)``."""
+                        flip: bool = False, prior_weights: dict[str, Sequence[float]] | None = None,
+                        temperatures: dict[str, float] | None = None) -> dict:
+    """Writes ``src`` with flip TTA, prior correction and/or output temperatures to ``dst``
+    (metadata updated), checked against the source model run in numpy on real faces (raises
+    ParityError). Returns the parity report; the adjusted sidecar is ``adjusted_info(info, ...)``."""
     import onnx
     from ff_keras.inference.predictor import OnnxPredictor
 
@@ -359,25 +393,37 @@ def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, image
     unknown = [h for h in prior_weights if h not in info.heads or len(prior_weights[h]) != len(info.classes[h])]
     if unknown:
         raise ValueError(f"prior weights for {unknown} do not match the model's heads {info.heads} and their classes")
+    temperatures = dict(temperatures or {})
+    if temperatures and info.temperature:
+        raise ValueError(f"{src} is already temperature-scaled inside its network ({info.temperature}); "
+                         "calibrate an export made without temperatures")
+    if [h for h in temperatures if h not in info.heads]:
+        raise ValueError(f"temperatures for {sorted(temperatures)} do not match the model's heads {info.heads}")
     source = OnnxPredictor(src, replace(info, outputs="probabilities"))
     images = images.astype(np.float32)
-    reference = adjusted_reference(source, images, flip, prior_weights)
+    reference = adjusted_reference(source, images, flip, prior_weights, temperatures)
     proto = onnx.load(str(src))
     if flip:
         proto = add_flip_tta(proto)
     if prior_weights:
         proto = add_prior_correction(proto, prior_weights)
+    if temperatures:
+        proto = add_output_temperature(proto, temperatures)
     onnx.checker.check_model(proto, full_check=True)
-    new_info = adjusted_info(info, flip, prior_weights)
+    new_info = adjusted_info(info, flip, prior_weights, temperatures)
     onnx.helper.set_model_props(proto, onnx_metadata(new_info))
     onnx.save(proto, str(dst))
     got = OnnxPredictor(dst, new_info).predict(images)
     return check_parity("onnx_adjusted", reference, got, list(reference), EXPORT_ATOL)
 
 
-def adjusted_info(info: ModelInfo, flip: bool, prior_weights: dict[str, Sequence[float]]) -> ModelInfo:
+def adjusted_info(info: ModelInfo, flip: bool, prior_weights: dict[str, Sequence[float]],
+                  temperatures: dict[str, float] | None = None) -> ModelInfo:
+    """The sidecar of an adjusted copy; output temperatures become ``temperature``, which is what
+    evaluation divides out to report calibration before and after."""
     return replace(info, outputs="probabilities", tta="flip" if flip else info.tta,
-                   prior_correction={**info.prior_correction, **{h: list(w) for h, w in prior_weights.items()}})
+                   prior_correction={**info.prior_correction, **{h: list(w) for h, w in prior_weights.items()}},
+                   temperature={**info.temperature, **(temperatures or {})})
 
 
 # === Whole pipeline ===
