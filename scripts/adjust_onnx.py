@@ -26,7 +26,13 @@ from ff_keras import labels
 from ff_keras.data.crops import fairface_val_crops
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.evaluation.run import fit_temperatures, predict_rows
-from ff_keras.inference.export import N_PARITY, adjusted_info, prior_correction_weights, write_adjusted_onnx
+from ff_keras.inference.export import (
+    N_PARITY,
+    adjusted_info,
+    check_untempered,
+    prior_correction_weights,
+    write_adjusted_onnx,
+)
 from ff_keras.inference.predictor import OnnxPredictor, load_images
 from ff_keras.model_info import ModelInfo, load_info, save_info
 from ff_keras.splits.build import load_split
@@ -93,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(err))
     if not args.flip_tta and not taus and not args.calibrate:
         ap.error("nothing to do: give --flip-tta, --prior-correction HEAD=TAU and/or --calibrate")
-    if args.calibrate and info.temperature:
-        ap.error(f"--calibrate: {src} is already temperature-scaled inside its network ({info.temperature}); "
-                 "use an export of a checkpoint without fitted temperatures")
+    if args.calibrate:  # before minutes of val predictions, not after
+        try:
+            check_untempered(src, info)
+        except ValueError as err:
+            ap.error(f"--calibrate: {err}")
     priors = {h: training_priors(info, args.manifests, h) for h in taus}
     weights = {h: prior_correction_weights(priors[h], tau) for h, tau in taus.items()}
     root = resolve_data_root(args.data_root)

@@ -375,6 +375,13 @@ def adjusted_reference(predictor, images: np.ndarray, flip: bool, weights: dict[
     return out
 
 
+def check_untempered(src: str | Path, info: ModelInfo) -> None:
+    """Output temperatures need an export without temperatures of its own: the two would stack."""
+    if info.temperature:
+        raise ValueError(f"{src} is already temperature-scaled inside its network ({info.temperature}); "
+                         "calibrate an export made without temperatures")
+
+
 def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, images: np.ndarray, *,
                         flip: bool = False, prior_weights: dict[str, Sequence[float]] | None = None,
                         temperatures: dict[str, float] | None = None) -> dict:
@@ -394,9 +401,8 @@ def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, image
     if unknown:
         raise ValueError(f"prior weights for {unknown} do not match the model's heads {info.heads} and their classes")
     temperatures = dict(temperatures or {})
-    if temperatures and info.temperature:
-        raise ValueError(f"{src} is already temperature-scaled inside its network ({info.temperature}); "
-                         "calibrate an export made without temperatures")
+    if temperatures:
+        check_untempered(src, info)
     if [h for h in temperatures if h not in info.heads]:
         raise ValueError(f"temperatures for {sorted(temperatures)} do not match the model's heads {info.heads}")
     source = OnnxPredictor(src, replace(info, outputs="probabilities"))
