@@ -53,6 +53,9 @@ class AugmentConfig:
     random_resized_crop: bool = False
     crop_scale_min: float = 0.8  # crop area fraction in [crop_scale_min, crop_scale_max]
     crop_scale_max: float = 1.0  # > 1 zooms out: the crop box extends past the image (black border)
+    # How the area is drawn in that range: "uniform" (torchvision's RandomResizedCrop) or
+    # "log_uniform", which gives tight crops (area < 0.6) about twice the share over 0.25 .. 1.45.
+    crop_area_sampling: str = "uniform"
     crop_ratio_min: float = 0.75  # aspect-ratio range of the crop (torchvision's 3/4 .. 4/3)
     crop_ratio_max: float = 1.3333333
     lowres_prob: float = 0.0  # share of images shrunk and re-enlarged (one size per batch)

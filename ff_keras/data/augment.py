@@ -44,6 +44,21 @@ def _per_image(v: tf.Tensor) -> tf.Tensor:
     return tf.reshape(v, [-1, 1, 1, 1])
 
 
+CROP_AREA_SAMPLING = ("uniform", "log_uniform")
+
+
+def _crop_areas(n: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    if cfg.crop_area_sampling not in CROP_AREA_SAMPLING:
+        raise ValueError(f"augment.crop_area_sampling={cfg.crop_area_sampling!r}; expected one of "
+                         f"{list(CROP_AREA_SAMPLING)}")
+    if not 0 < cfg.crop_scale_min <= cfg.crop_scale_max:
+        raise ValueError(f"augment.crop_scale_min/max must satisfy 0 < min <= max, got "
+                         f"{cfg.crop_scale_min}, {cfg.crop_scale_max}")
+    if cfg.crop_area_sampling == "uniform":
+        return _uniform([n], seed, cfg.crop_scale_min, cfg.crop_scale_max)
+    return tf.exp(_uniform([n], seed, math.log(cfg.crop_scale_min), math.log(cfg.crop_scale_max)))
+
+
 def draw_params(n: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> dict[str, tf.Tensor]:
     """Per-image random parameters ([n] each; ``crop`` is [n, 4] = top, left, h, w)."""
     seeds = tf.unstack(tf.random.split(seed, 6, alg="philox"))
@@ -51,7 +66,7 @@ def draw_params(n: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> dict[str, 
     extra = [tf.random.experimental.stateless_fold_in(seed, k, alg="philox") for k in (6, 7)]
     p = {}
     if cfg.random_resized_crop:
-        area = _uniform([n], seeds[0], cfg.crop_scale_min, cfg.crop_scale_max)
+        area = _crop_areas(n, cfg, seeds[0])
         s1, s2 = tf.unstack(tf.random.split(seeds[0], 2, alg="philox"))
         ratio = tf.exp(_uniform([n], s1, math.log(cfg.crop_ratio_min), math.log(cfg.crop_ratio_max)))
         # Fractions of the (square) input's side; above 1 (zoom-out) the box extends past the image
