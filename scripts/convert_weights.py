@@ -161,6 +161,7 @@ def add_onnx_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True,
                    help="the training config of the model behind it (graph only: heads, embed_dim, backbone)")
     p.add_argument("--n-images", type=int, default=64, help="real val faces for the parity check")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, as for scripts/train.py")
 
 
 def run_onnx(args: argparse.Namespace) -> Path:
@@ -176,9 +177,8 @@ def run_onnx(args: argparse.Namespace) -> Path:
     from ff_keras.model_info import load_info, save_info
 
     info = load_info(args.input)
-    cfg = load_config(args.config, [f"data.image_size={info.image_size}", "model.weights=null",
-                                    "model.init_from=null"])
-    model = build_model(cfg)
+    cfg = load_config(args.config, [*args.overrides, f"data.image_size={info.image_size}"])
+    model = build_model(cfg)  # the graph only: every weight comes from the file
     report = load_onnx_weights(model, args.input)
     print(f"✅ read {args.input}: {report.summary()}")
     out = args.out_dir / args.input.stem / "model.keras"
@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> Path:
         p.add_argument("--out-dir", type=Path, default=Path("weights"))
         add_args(p)
     args = parser.parse_args(argv)
-    return SUBCOMMANDS[args.command][1](args)
+    try:
+        return SUBCOMMANDS[args.command][1](args)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"convert_weights.py {args.command}: {err}\n")
 
 
 if __name__ == "__main__":

@@ -117,3 +117,24 @@ def test_low_resolution_and_jpeg_only_touch_drawn_images(faces):
     assert 0.5 < np.abs(jpeg - x).mean() < 20.0
     again = augment_batch(faces, AugmentConfig(**STILL, jpeg_prob=1.0, jpeg_quality_min=10), SEED, True).numpy()
     np.testing.assert_array_equal(jpeg, again)
+
+
+def test_log_uniform_crop_areas_favour_tight_crops_and_bad_settings_are_named():
+    from ff_keras.data.augment import draw_params
+
+    n, seed = tf.constant(20000), tf.constant([1, 2], tf.int64)
+    share = {}
+    for mode in ("uniform", "log_uniform"):
+        cfg = AugmentConfig(random_resized_crop=True, crop_scale_min=0.25, crop_scale_max=1.45,
+                            crop_ratio_min=1.0, crop_ratio_max=1.0, crop_area_sampling=mode)
+        crop = draw_params(n, cfg, seed)["crop"].numpy()
+        area = crop[:, 2] * crop[:, 3]
+        assert area.min() >= 0.25 - 1e-5 and area.max() <= 1.45 + 1e-5
+        share[mode] = float((area < 0.6).mean())
+    # Uniform: (0.6 - 0.25) / 1.2 = 0.29; log-uniform: ln(2.4) / ln(5.8) = 0.50.
+    assert abs(share["uniform"] - 0.292) < 0.02 and abs(share["log_uniform"] - 0.497) < 0.02, share
+    for bad, message in [({"crop_area_sampling": "gaussian"}, "crop_area_sampling='gaussian'"),
+                         ({"crop_scale_min": 0.0}, "0 < min <= max")]:
+        cfg = AugmentConfig(random_resized_crop=True, **bad)
+        with pytest.raises(ValueError, match=message):
+            draw_params(n, cfg, seed)
