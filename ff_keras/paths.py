@@ -9,8 +9,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def repo_path(path: str | Path) -> Path:
-    """``path`` unchanged if absolute, else taken relative to the repository root."""
-    p = Path(path)
+    """``path`` with ``~`` expanded; unchanged if then absolute, else taken relative to the repository root.
+
+    The expansion is here because bash leaves ``~`` alone in ``model.init_from=~/x`` (the dot makes
+    it no assignment), so config overrides reach us unexpanded.
+    """
+    p = Path(path).expanduser()
     return p if p.is_absolute() else REPO / p
 
 

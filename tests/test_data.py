@@ -230,6 +230,7 @@ def test_precision_policy_from_config():
         assert precision.resolve_policy("auto") == "mixed_float16"
     else:
         assert precision.resolve_policy("auto", flags={"avx2", "amx_bf16"}) == "mixed_bfloat16"
+        assert precision.resolve_policy("auto", flags={"avx2", "avx512f", "avx512_bf16"}) == "mixed_bfloat16"
         assert precision.resolve_policy("auto", flags={"avx2", "avx512f"}) == "float32"
     assert precision.resolve_policy("bfloat16") == "mixed_bfloat16"
     with pytest.raises(ValueError, match="float8"):

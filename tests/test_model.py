@@ -207,7 +207,7 @@ def test_adamw_weight_decay_takes_the_learning_rate_scale():
     assert opt.weight_decay == 0.5
 
 
-def test_init_from_loads_a_trained_model_and_names_a_mismatch(tmp_path):
+def test_init_from_loads_a_trained_model_and_names_a_mismatch(tmp_path, monkeypatch):
     from ff_keras.convert.pretrained import build_pretrained
 
     trained = build_model(tiny_cfg("resnet18"))
@@ -217,6 +217,9 @@ def test_init_from_loads_a_trained_model_and_names_a_mismatch(tmp_path):
     loaded = build_pretrained(tiny_cfg("resnet18", f"model.init_from={tmp_path / 'model.keras'}"))
     for a, b in zip(trained.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
+    monkeypatch.setenv("HOME", str(tmp_path))  # bash leaves "~" unexpanded in model.init_from=~/...
+    from_home = build_pretrained(tiny_cfg("resnet18", "model.init_from=~/model.keras"))
+    np.testing.assert_array_equal(trained.get_weights()[0], from_home.get_weights()[0])
     with pytest.raises(ValueError, match="model.init_from .*model.keras"):
         build_pretrained(tiny_cfg("resnet18", "model.embed_dim=8", f"model.init_from={tmp_path / 'model.keras'}"))
     with pytest.raises(FileNotFoundError, match="missing.keras"):

@@ -43,7 +43,7 @@ def resolve_data_root(configured: str | os.PathLike | None = None) -> Path:
     from any working directory.
     """
     env = os.environ.get(DATA_ROOT_ENV)
-    return repo_path(Path(env or configured or "../shared/data").expanduser()).resolve()
+    return repo_path(env or configured or "../shared/data").resolve()
 
 
 @dataclass
