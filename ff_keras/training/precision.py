@@ -5,8 +5,9 @@ scaling), ``mixed_bfloat16`` on a CPU with bfloat16 instructions — AMX tiles o
 (oneDNN runs the convolutions on them: a dlib-network training step ran at 221 vs 117 img/s in
 float32 on a 2-core Xeon with AMX, ``reports/benchmarks/train_precision.json``, and at 160 vs 102
 on a 2-core AMD EPYC with avx512_bf16, ``reports/benchmarks/train_precision_avx512_bf16.json``),
-and ``float32`` on other CPUs, where 16-bit math is emulated and slower. Under a mixed policy the model's output heads must still be built with
-``dtype="float32"`` so logits, softmax and losses stay in float32 (the model builder's job).
+and ``float32`` on other CPUs, where 16-bit math is emulated and slower. Under a mixed policy
+the model's output heads must still be built with ``dtype="float32"`` so logits, softmax and
+losses stay in float32 (the model builder's job).
 """
 
 from __future__ import annotations
