@@ -46,6 +46,9 @@ PRODUCED = {
     "~/ff_runs/dlib_extended-v7": "train.run_id=v7 output_dir=~/ff_runs",
     "~/ff_runs/dlib_extended-v7h": "train.run_id=v7h output_dir=~/ff_runs",
     "~/ff_runs/dlib_extended-v7h0": "train.run_id=v7h0 output_dir=~/ff_runs",
+    "~/ff_runs/dlib_extended-v8": "train.run_id=v8 output_dir=~/ff_runs",
+    "~/ff_runs/dlib_extended-v9": "train.run_id=v9 output_dir=~/ff_runs",
+    "~/ff_runs/recovered": "python scripts/convert_weights.py onnx --input models/ff_dlib_resnet150.onnx",
     "artifacts/release4/model.onnx": "dlib_extended-v7h0/best/model.keras --out artifacts/release4",
     "artifacts/release4_adjusted/model.onnx": "--out artifacts/release4_adjusted --flip-tta",
 }
