@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detector", default=d.detector, choices=sorted(DETECTOR_ALIASES),
                     help=f"face detector for ?detect=true; 'dlib' = dlib HOG; 'none' = the whole image is one "
                     f"face (default {d.detector})")
+    ap.add_argument("--no-framing-check", action="store_true",
+                    help="never run the detector on pre-cut crops (requests' check_framing is then ignored)")
     ap.add_argument("--keep-alive-s", type=int, default=d.keep_alive_s, help="close idle keep-alive connections")
     ap.add_argument("--head-timeout-s", type=float, default=d.head_timeout_s,
                     help="close connections whose request headers take longer")
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             max_request_pixels=args.max_request_pixels, detect_max_pixels=args.detect_max_pixels,
             decode_threads=args.decode_threads, batching=not args.no_batching, max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, threads=args.threads, ort_spinning=args.ort_spinning,
-            detector=args.detector, keep_alive_s=args.keep_alive_s, head_timeout_s=args.head_timeout_s,
+            detector=args.detector, framing_check=not args.no_framing_check,
+            keep_alive_s=args.keep_alive_s, head_timeout_s=args.head_timeout_s,
             limit_concurrency=args.limit_concurrency,
         )
     except ValueError as err:

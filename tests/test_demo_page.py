@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+from PIL import Image
 import pytest
 from export_helpers import tiny_export
 
@@ -70,6 +71,19 @@ def test_upload_shows_labels_and_box(server, browser, data_root, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if os.environ.get("FF_SCREENSHOT_DIR"):  # keep it for CI artifacts / the README
         shutil.copy(shot, Path(os.environ["FF_SCREENSHOT_DIR"]) / shot.name)
+
+
+def test_tight_crop_shows_the_framing_warning(server, browser, data_root, tmp_path):
+    from ff_keras.evaluation.robustness import CROP_VARIANTS, apply_variant
+
+    tight = tmp_path / "tight.jpg"
+    chip = Image.open(data_root / "fairface" / "val" / "1.jpg").convert("RGB")
+    apply_variant(chip, CROP_VARIANTS["central_60"]).save(tight, quality=95)
+    assert _upload(browser, server, tight) == "done", browser.find_element(By.ID, "status").text
+    (warning,) = browser.find_elements(By.CSS_SELECTOR, ".framing")
+    assert warning.get_attribute("data-status") == "tighter" and "detect=true" in warning.text
+    assert _upload(browser, server, data_root / "fairface" / "val" / "1.jpg") == "done"
+    assert browser.find_elements(By.CSS_SELECTOR, ".framing") == []  # a FairFace-like crop: no warning
 
 
 def test_bad_upload_shows_server_error(server, browser, tmp_path):

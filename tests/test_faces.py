@@ -135,3 +135,30 @@ def test_detection_on_a_bounded_copy_maps_boxes_back(composite):
         # The detector's own box jitters with scale; the aligned crop, from full-size landmarks, does not.
         assert C.quad_iou(chip_quad(a), chip_quad(b)) > REPRODUCE_IOU
         assert np.abs(a.landmarks.mean(0) - b.landmarks.mean(0)).max() < 0.05 * a.box[2]
+
+
+@pytest.mark.parametrize("detector", ["dlib_hog", "mtcnn"])
+def test_framing_check_tells_fairface_crops_from_tighter_looser_and_whole_photos(data_root, detector):
+    """The scale is the crop's geometry (1.0 FairFace's chip, 0.6 its central 60 %, 1.2 padding
+    0.4) read back through the detector; the thresholds flag what the model was not measured on."""
+    from ff_keras.evaluation.robustness import CROP_VARIANTS, apply_variant
+    from ff_keras.faces.framing import OK_SCALE, check_framing
+
+    chip = Image.open(data_root / "fairface" / "val" / "1.jpg").convert("RGB")
+
+    def framing(image: Image.Image):
+        return check_framing(np.asarray(image), detector)
+
+    for variant, scale, status in (("standard", 1.0, "ok"), ("central_60", 0.6, "tighter"),
+                                   ("padding_0.4", 1.2, "ok")):
+        got = framing(apply_variant(chip, CROP_VARIANTS[variant]))
+        assert got.status == status and got.scale == pytest.approx(scale, abs=0.12), (variant, got)
+    photo = Image.new("RGB", (700, 500), "white")
+    photo.paste(chip, (40, 40))
+    alone = framing(photo)
+    assert alone.status == "looser" and alone.scale > OK_SCALE[1] and "detect=true" in alone.message
+    photo.paste(Image.open(data_root / "fairface" / "val" / "5.jpg"), (400, 60))
+    both = framing(photo)
+    assert both.status == "several_faces" and both.faces_found == 2
+    blank = framing(Image.fromarray(C.background(200, 300, np.random.default_rng(3))))
+    assert blank.status == "no_face" and blank.scale is None and blank.to_dict()["scale"] is None

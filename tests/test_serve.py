@@ -46,6 +46,7 @@ def _check_prediction(body: dict, width: int, height: int) -> None:
     assert body["width"] == width and body["height"] == height and body["detector"] == "none"
     (face,) = body["faces"]
     assert face["box"] == [0, 0, width, height]
+    assert face["framing"] is None  # detector "none": nothing to check the framing with
     assert sorted(face["heads"]) == sorted(HEADS)
     assert isinstance(face["age_years"], float)  # the tiny model has the age_years head
     for head, pred in face["heads"].items():
@@ -193,3 +194,28 @@ def test_detect_finds_each_face_with_its_box(model, data_root, tmp_path):
     assert boxes[0][0] < 250 <= boxes[1][0]  # one face in each half, [x, y, w, h]
     assert all(f["confidence"] is not None and sorted(f["heads"]) == sorted(HEADS) for f in body["faces"])
     assert plain["detector"] == "none" and plain["faces"][0]["box"] == [0, 0, 500, 260]
+    # ... and a photo sent without detect is classified as one face, with the framing check saying so.
+    assert plain["faces"][0]["framing"]["status"] == "several_faces"
+    assert body["faces"][0]["framing"] is None  # the service cut these chips itself
+
+
+def test_framing_check_flags_crops_tighter_than_measured(model, data_root, tmp_path):
+    from ff_keras.evaluation.robustness import CROP_VARIANTS, apply_variant
+
+    chip = Image.open(data_root / "fairface" / "val" / "1.jpg").convert("RGB")
+    tight = _encode(apply_variant(chip, CROP_VARIANTS["central_60"]), "JPEG", quality=95)
+    standard = _encode(chip, "JPEG", quality=95)
+    files = [("files", ("tight.jpg", tight, "image/jpeg")), ("files", ("standard.jpg", standard, "image/jpeg"))]
+    with running_server(model, ["--detector", "dlib"], log_path=tmp_path / "serve.log") as url:
+        batch = httpx.post(f"{url}/predict/batch", files=files).json()["results"]
+        unchecked = httpx.post(f"{url}/predict?check_framing=false", files={"file": ("tight.jpg", tight)}).json()
+        schema = httpx.get(f"{url}/openapi.json").json()
+    tight_face, standard_face = (r["faces"][0] for r in batch)
+    assert tight_face["framing"]["status"] == "tighter" and tight_face["framing"]["scale"] < 0.75
+    assert "detect=true" in tight_face["framing"]["message"]
+    assert standard_face["framing"]["status"] == "ok"
+    assert unchecked["faces"][0]["framing"] is None
+    assert "check_framing" in str(schema["paths"]["/predict"]) and "Framing" in schema["components"]["schemas"]
+    with running_server(model, ["--detector", "dlib", "--no-framing-check"], log_path=tmp_path / "off.log") as url:
+        off = httpx.post(f"{url}/predict", files={"file": ("tight.jpg", tight)}).json()
+    assert off["faces"][0]["framing"] is None

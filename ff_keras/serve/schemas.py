@@ -7,12 +7,27 @@ beside them. ``scripts/predict.py --json`` writes the same per-face fields.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+from ff_keras.faces.framing import STATUSES
 
 
 class HeadPrediction(BaseModel):
     label: str = Field(description="top class name")
     probabilities: dict[str, float] = Field(description="probability per class name, summing to 1")
+
+
+class Framing(BaseModel):
+    status: Literal[STATUSES] = Field(
+        description="ok: framed like the crops the model was measured on; tighter / looser: the face fills "
+        "more / less of the image (accuracy drops; send the photo with detect=true); several_faces; no_face"
+    )
+    scale: float | None = Field(description="image side / side of FairFace's chip around the face (1.0 = "
+                                "FairFace's framing, 0.6 = its central 60 %); null when no face was found")
+    faces_found: int
+    message: str
 
 
 class FacePrediction(BaseModel):
@@ -22,6 +37,10 @@ class FacePrediction(BaseModel):
         None, description="predicted age in years; null when the model has no age_years output"
     )
     confidence: float | None = Field(None, description="detector score; null when no detector ran")
+    framing: Framing | None = Field(
+        None, description="without detect: how the image's framing compares with the crops the model was "
+        "measured on; null when the service detected the face itself or the check is off"
+    )
 
 
 class PredictResponse(BaseModel):
