@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "split": args.split, "limit": args.limit, "detector": args.detector, "measured_scale": OK_SCALE,
         "seconds": round(seconds, 1), "ms_per_check": round(1000 * seconds / (len(table) * len(args.variants)), 1),
-        "machine": machine_facts(), "variants": {v: summarise(scales[v], statuses[v]) for v in args.variants},
+        "variants": {v: summarise(scales[v], statuses[v]) for v in args.variants},
     }
+    result["machine"] = machine_facts()
     print(f"framing check ({args.detector}) on {len(table)} FairFace {args.split} rows, "
           f"{result['ms_per_check']} ms per crop ({describe(result['machine'])}); ok = scale in {OK_SCALE}:")
     print("| crop | scale median [p5, p95] | " + " | ".join(STATUSES) + " |")
