@@ -157,6 +157,9 @@ def test_framing_check_tells_fairface_crops_from_tighter_looser_and_whole_photos
     photo.paste(chip, (40, 40))
     alone = framing(photo)
     assert alone.status == "looser" and alone.scale > OK_SCALE[1] and "detect=true" in alone.message
+    # On a bounded copy (the service's detect_max_pixels) the face is mapped back: the same answer.
+    bounded = check_framing(np.asarray(photo), detector, max_pixels=700 * 500 // 3)
+    assert bounded.status == "looser" and bounded.scale == pytest.approx(alone.scale, rel=0.05)
     photo.paste(Image.open(data_root / "fairface" / "val" / "5.jpg"), (400, 60))
     both = framing(photo)
     assert both.status == "several_faces" and both.faces_found == 2

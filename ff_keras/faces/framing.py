@@ -59,9 +59,12 @@ def crop_scale(face: Face, width: int, height: int) -> float:
     return float(np.sqrt(width * height) / np.linalg.norm(quad[1] - quad[0]))
 
 
-def check_framing(rgb: np.ndarray, detector: str = DEFAULT_DETECTOR) -> Framing:
-    """Finds the faces in a crop (uint8 [H, W, 3]) and says how its framing compares with FairFace's."""
-    faces = detect_faces(rgb, detector)
+def check_framing(rgb: np.ndarray, detector: str = DEFAULT_DETECTOR, max_pixels: int | None = None) -> Framing:
+    """Finds the faces in a crop (uint8 [H, W, 3]) and says how its framing compares with FairFace's.
+
+    ``max_pixels``: detect on a copy at most this large (``detect.detect_faces``), bounding the time.
+    """
+    faces = detect_faces(rgb, detector, max_pixels=max_pixels)
     if not faces:
         return Framing("no_face", None, 0)
     largest = max(faces, key=lambda f: f.box[2])

@@ -208,7 +208,7 @@ def _lifespan(batcher: MicroBatcher, pool: ThreadPoolExecutor):
 
 def _faces_of(
     image: DecodedImage, detect: bool, face_pipeline: FacePipeline | None, size: int,
-    framing_detector: str | None = None,
+    framing_detector: str | None = None, detect_max_pixels: int | None = None,
 ) -> tuple[list[dict], np.ndarray]:
     """Boxes in the original image's pixels and model-ready chips; without detection the
     whole image is one face, with its framing checked by ``framing_detector`` (None: not)."""
@@ -216,7 +216,7 @@ def _faces_of(
     if not detect or face_pipeline is None:
         face = {"box": [0, 0, w, h], "confidence": None}
         if framing_detector:
-            face["framing"] = check_framing(image.rgb, framing_detector).to_dict()
+            face["framing"] = check_framing(image.rgb, framing_detector, detect_max_pixels).to_dict()
         return [face], prepare_face(image.rgb, size)[None]
     found, chips = face_pipeline(image.rgb, size)
     boxes = [
@@ -240,7 +240,7 @@ def _decode_and_find_faces(
         min_decoded_side=0 if detecting else size,
         min_decoded_pixels=settings.detect_max_pixels if detecting else 0,
     )
-    return (image, *_faces_of(image, detect, face_pipeline, size, framing_detector))
+    return (image, *_faces_of(image, detect, face_pipeline, size, framing_detector, settings.detect_max_pixels))
 
 
 async def _read_upload(upload: UploadFile, max_upload_bytes: int) -> bytes:
