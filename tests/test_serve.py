@@ -210,6 +210,7 @@ def test_framing_check_flags_crops_tighter_than_measured(model, data_root, tmp_p
         batch = httpx.post(f"{url}/predict/batch", files=files).json()["results"]
         unchecked = httpx.post(f"{url}/predict?check_framing=false", files={"file": ("tight.jpg", tight)}).json()
         schema = httpx.get(f"{url}/openapi.json").json()
+        metadata = httpx.get(f"{url}/metadata").json()
     tight_face, standard_face = (r["faces"][0] for r in batch)
     assert tight_face["framing"]["status"] == "tighter" and tight_face["framing"]["scale"] < 0.75
     assert "detect=true" in tight_face["framing"]["message"]
@@ -218,4 +219,7 @@ def test_framing_check_flags_crops_tighter_than_measured(model, data_root, tmp_p
     assert "check_framing" in str(schema["paths"]["/predict"]) and "Framing" in schema["components"]["schemas"]
     with running_server(model, ["--detector", "dlib", "--no-framing-check"], log_path=tmp_path / "off.log") as url:
         off = httpx.post(f"{url}/predict", files={"file": ("tight.jpg", tight)}).json()
+        off_metadata = httpx.get(f"{url}/metadata").json()
     assert off["faces"][0]["framing"] is None
+    assert metadata["framing_check"] is True and metadata["framing_ok_scale"] == [0.82, 1.8]
+    assert off_metadata["framing_check"] is False

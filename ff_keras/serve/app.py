@@ -38,7 +38,7 @@ from PIL import Image
 
 from ff_keras.faces.analyze import NO_DETECTOR, resolve_detector
 from ff_keras.faces.detect import DEFAULT_DETECTOR, DETECTORS
-from ff_keras.faces.framing import check_framing
+from ff_keras.faces.framing import OK_SCALE, check_framing
 from ff_keras.data.image_decode import FORMATS, MIN_SIDE, DecodedImage, ImageError, PixelBudget, decode_image
 from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
@@ -123,6 +123,11 @@ def detector_pipeline(name: str, max_pixels: int | None = None) -> FacePipeline 
     from ff_keras.faces.detect import detect_and_align
 
     return functools.partial(_detect_and_align, detect_and_align, name, max_pixels)
+
+
+def framing_enabled(settings: ServeSettings) -> bool:
+    """The framing check needs one of ff_keras.faces' detectors (not "none", not a caller's own pipeline)."""
+    return settings.framing_check and settings.detector in DETECTORS
 
 
 def _detect_and_align(fn, name: str, max_pixels: int | None, rgb: np.ndarray, size: int):
@@ -280,8 +285,7 @@ def _prediction_routes(
     batch get the same limits, errors and results."""
     size = predictor.info.image_size
     decode = functools.partial(_decode_and_find_faces, settings, face_pipeline, size)
-    # The framing check needs one of ff_keras.faces' detectors (not "none", not a caller's own pipeline).
-    framing_detector = settings.detector if settings.framing_check and settings.detector in DETECTORS else None
+    framing_detector = settings.detector if framing_enabled(settings) else None
 
     async def one_image(upload: UploadFile, detect: bool, budget: PixelBudget, check_framing: bool):
         """(image, boxes, chips) or the ImageError for this upload."""
@@ -386,6 +390,8 @@ def _info_routes(
             temperature={h: float(info.temperature.get(h, 1.0)) for h in info.heads},
             input_contract=info.input_contract,
             detector=detector_name(),
+            framing_check=framing_enabled(settings),
+            framing_ok_scale=list(OK_SCALE),
             limits=_limits(settings),
             batching=_batching_info(batcher, settings),
         )

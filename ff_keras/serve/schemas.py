@@ -111,5 +111,7 @@ class MetadataResponse(BaseModel):
     temperature: dict[str, float]
     input_contract: str
     detector: str
+    framing_check: bool = Field(description="whether images sent without detect get a 'framing' (check_framing=true)")
+    framing_ok_scale: list[float] = Field(description="the crop scales (image side / FairFace chip side) called ok")
     limits: Limits
     batching: BatchingInfo
