@@ -38,7 +38,7 @@ from PIL import Image
 
 from ff_keras.faces.analyze import NO_DETECTOR, resolve_detector
 from ff_keras.faces.detect import DEFAULT_DETECTOR, DETECTORS
-from ff_keras.faces.framing import OK_SCALE, check_framing
+from ff_keras.faces.framing import OK_SCALE, Framing, check_framing
 from ff_keras.data.image_decode import FORMATS, MIN_SIDE, DecodedImage, ImageError, PixelBudget, decode_image
 from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
@@ -56,6 +56,7 @@ FramingFlag = Annotated[
                 "crops the model was measured on (the face's 'framing'; one detector pass, ~0.1 s on 2 cores)")
 ]
 FacePipeline = Callable[[np.ndarray, int], tuple[list[Any], np.ndarray]]
+FramingCheck = Callable[[np.ndarray], Framing]
 
 
 # Limits and pool sizes that make no sense below one (a 0 would refuse every request or hang).
@@ -213,15 +214,15 @@ def _lifespan(batcher: MicroBatcher, pool: ThreadPoolExecutor):
 
 def _faces_of(
     image: DecodedImage, detect: bool, face_pipeline: FacePipeline | None, size: int,
-    framing_detector: str | None = None, detect_max_pixels: int | None = None,
+    framing_check: FramingCheck | None = None,
 ) -> tuple[list[dict], np.ndarray]:
     """Boxes in the original image's pixels and model-ready chips; without detection the
-    whole image is one face, with its framing checked by ``framing_detector`` (None: not)."""
+    whole image is one face, with its framing checked by ``framing_check`` (None: not)."""
     w, h = image.size
     if not detect or face_pipeline is None:
         face = {"box": [0, 0, w, h], "confidence": None}
-        if framing_detector:
-            face["framing"] = check_framing(image.rgb, framing_detector, detect_max_pixels).to_dict()
+        if framing_check is not None:
+            face["framing"] = framing_check(image.rgb).to_dict()
         return [face], prepare_face(image.rgb, size)[None]
     found, chips = face_pipeline(image.rgb, size)
     boxes = [
@@ -234,18 +235,18 @@ def _faces_of(
 
 def _decode_and_find_faces(
     settings: ServeSettings, face_pipeline: FacePipeline | None, size: int,
-    data: bytes, name: str, detect: bool, budget: PixelBudget, framing_detector: str | None,
+    data: bytes, name: str, detect: bool, budget: PixelBudget, framing_check: FramingCheck | None,
 ):
     """Runs in a decode-pool thread: decodes only as many pixels as the next step needs
     (detection works on a bounded copy; the model needs ``size`` px), then finds faces."""
     # A framing check is a detection too: it needs the pixels detection needs.
-    detecting = (detect and face_pipeline is not None) or framing_detector is not None
+    detecting = (detect and face_pipeline is not None) or framing_check is not None
     image = decode_image(
         data, name, settings.max_pixels, MIN_SIDE, budget=budget,
         min_decoded_side=0 if detecting else size,
         min_decoded_pixels=settings.detect_max_pixels if detecting else 0,
     )
-    return (image, *_faces_of(image, detect, face_pipeline, size, framing_detector, settings.detect_max_pixels))
+    return (image, *_faces_of(image, detect, face_pipeline, size, framing_check))
 
 
 async def _read_upload(upload: UploadFile, max_upload_bytes: int) -> bytes:
@@ -285,7 +286,11 @@ def _prediction_routes(
     batch get the same limits, errors and results."""
     size = predictor.info.image_size
     decode = functools.partial(_decode_and_find_faces, settings, face_pipeline, size)
-    framing_detector = settings.detector if framing_enabled(settings) else None
+    # One detector pass per pre-cut crop, on a copy bounded as detection's is.
+    framing_check = (
+        functools.partial(check_framing, detector=settings.detector, max_pixels=settings.detect_max_pixels)
+        if framing_enabled(settings) else None
+    )
 
     async def one_image(upload: UploadFile, detect: bool, budget: PixelBudget, check_framing: bool):
         """(image, boxes, chips) or the ImageError for this upload."""
@@ -293,7 +298,7 @@ def _prediction_routes(
         try:
             data = await _read_upload(upload, settings.max_upload_bytes)
             loop = asyncio.get_running_loop()
-            framing = framing_detector if check_framing else None
+            framing = framing_check if check_framing else None
             return await loop.run_in_executor(pool, decode, data, name, detect, budget, framing)
         except ImageError as err:
             return err
