@@ -7,6 +7,7 @@ comparable together with the CPU model, its vector extensions and the load at th
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from importlib import metadata
@@ -74,3 +75,33 @@ def describe(facts: dict) -> str:
     load = facts.get("load_average_1_5_15")
     return (f"{facts['cpu_model']} ({ext}), {facts['usable_cpus']} CPUs"
             + (f", load {load[0]}" if load else ""))
+
+
+def write_result(path: str | Path, result: dict | list, *, machine: bool = True, indent: int = 2,
+                 quiet: bool = False) -> Path:
+    """Writes a result as JSON (parent folders made) and prints ``wrote PATH``.
+
+    Every benchmark, study and data tool writes its figures through this one function, so each
+    result file records the host it was measured on under ``"machine"`` (kept if the caller
+    already filled it in, e.g. to print it first) and all files share one format.
+
+    Args:
+        path: the JSON file to write; ``~`` is expanded.
+        result: a JSON-serialisable dict (gets ``"machine"``) or list (written as is).
+        machine: add ``machine_facts()`` to a dict result; off for files that must not change
+            between hosts.
+        indent: JSON indentation.
+        quiet: do not print the ``wrote`` line.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path).expanduser()
+    if machine and isinstance(result, dict):
+        result = {**result, "machine": result.get("machine") or machine_facts()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=indent) + "\n")
+    if not quiet:
+        facts = result.get("machine") if isinstance(result, dict) else None
+        print(f"wrote {path}" + (f" (machine: {describe(facts)})" if facts else ""), flush=True)
+    return path

@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"✅ {fmt}: {path} (max abs diff {worst:.2e} on {report.n_parity_images} faces, argmax 100%)")
     if args.int8:
         from ff_keras.inference.predictor import load_images
-        from studies.int8 import compare_int8
-        from ff_keras.inference.quantize import quantize_onnx
+        from ff_keras.inference.quantize import compare_int8, quantize_onnx
         from ff_keras.splits.build import load_split
 
         onnx_path = Path(args.out) / "model.onnx"

@@ -14,7 +14,6 @@ Images are symlinked (``--link copy`` to copy). Train with the result via
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 
 from ff_keras.data import fairface_layout
+from ff_keras.machine import write_result
 
 
 def main() -> int:
@@ -54,8 +54,7 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     out_json = Path(args.json or Path(args.out).expanduser() / "prepare_report.json")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    write_result(out_json, report.to_dict(), indent=1, quiet=True)
     print(f"[{time.time() - t0:.0f}s] {report.summary()}")
     for line in report.errors[:50]:
         print(f"  {line}", file=sys.stderr)

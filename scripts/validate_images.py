@@ -11,10 +11,8 @@ manifests, every image the dataset readers list. Exit status 1 if any file is un
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 
 import pandas as pd
@@ -22,6 +20,7 @@ import pandas as pd
 from ff_keras.data import readers as datasets, image_check as validate
 from ff_keras.splits import build as splits
 from ff_keras.config import load_config
+from ff_keras.machine import write_result
 
 
 def main() -> int:
@@ -50,8 +49,7 @@ def main() -> int:
     for rel, reason in bad:
         print(f"❌ {rel}: {reason}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([{"rel_path": r, "reason": why} for r, why in bad], indent=2))
+        write_result(args.json, [{"rel_path": r, "reason": why} for r, why in bad])
     if bad:
         print(f"{len(bad)} unreadable image(s)")
         return 1

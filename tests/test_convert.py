@@ -137,7 +137,7 @@ def torch_modules():
 
 @pytest.fixture(scope="module")
 def faces():
-    from make_parity_fixture import face_images
+    from studies.make_parity_fixture import face_images
 
     return face_images(4, 224)
 
@@ -145,7 +145,7 @@ def faces():
 @pytest.mark.parametrize("arch", sorted(FIXTURES))
 def test_golden_fixture_is_what_torch_computes(torch_modules, arch):
     torch, _ = torch_modules
-    from make_parity_fixture import N_FC, normalize, torch_net, torch_outputs
+    from studies.make_parity_fixture import N_FC, normalize, torch_net, torch_outputs
 
     golden = read_fixture(arch)
     net = torch_net(arch, float(golden["width"]), N_FC)
@@ -158,7 +158,7 @@ def test_golden_fixture_is_what_torch_computes(torch_modules, arch):
 
 def test_resnet34_random_bn_parity_embeddings_and_18way_heads(torch_modules, faces):
     torch, torchvision = torch_modules
-    from make_parity_fixture import normalize, randomize_batchnorm, torch_outputs
+    from studies.make_parity_fixture import normalize, randomize_batchnorm, torch_outputs
 
     torch.manual_seed(0)
     n_fc = sum(len(labels.HEAD_CLASSES[h]) for h in labels.SOURCE_HEAD_ORDER)
@@ -180,7 +180,7 @@ def test_resnet34_random_bn_parity_embeddings_and_18way_heads(torch_modules, fac
 def test_mobilenet_v2_imagenet_parity_logits_and_top5(torch_modules, faces):
     torch, torchvision = torch_modules
     from convert_weights import load_torch_state
-    from make_parity_fixture import normalize
+    from studies.make_parity_fixture import normalize
 
     from ff_keras.models.multihead import normalization_layer
 

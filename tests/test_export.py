@@ -172,8 +172,7 @@ def test_int8_quantisation_reports_agreement_and_speed(exported, data_root, face
     import pandas as pd
 
     from ff_keras.data.readers import read_fairface, read_utkface
-    from studies.int8 import compare_int8
-    from ff_keras.inference.quantize import quantize_onnx
+    from ff_keras.inference.quantize import compare_int8, quantize_onnx
 
     out = exported[1]
     int8 = quantize_onnx(out / "model.onnx", out / "model.int8.onnx", "static", faces)

@@ -21,7 +21,7 @@ from ff_keras.paths import face_models_dir
 
 DETECTORS: tuple[str, ...] = ("mtcnn", "dlib_hog", "dlib_cnn")
 # MTCNN finds 94 % of FairFace faces pasted into photos against dlib HOG's 66 % (HOG misses
-# turned and tilted faces) and still runs at >= 5 photos/s here: scripts/benchmark_faces.py.
+# turned and tilted faces) and still runs at >= 5 photos/s here: benchmarks/benchmark_faces.py.
 DEFAULT_DETECTOR = "mtcnn"
 PADDING = 0.25  # FairFace's get_face_chip padding
 # Faces smaller than this (box side, pixels) are not looked for: below it the 5-point
@@ -42,7 +42,7 @@ ONET_THRESHOLD, RETRY_ONET_THRESHOLD = 0.9, 0.7
 RETRY_FACE_SHARE = 0.2
 
 # Box of dlib's HOG/CNN detectors relative to MTCNN's box, measured on 47 FairFace crops
-# both found (scripts/detector_agreement.py prints the same fit): dlib's box is square,
+# both found (benchmarks/detector_agreement.py prints the same fit): dlib's box is square,
 # 1.06x MTCNN's width, its centre 2.4 % of the width right and 7.5 % of the height lower.
 _MTCNN_TO_DLIB = (1.06, 0.024, 0.075)
 # Box that dlib's HOG detector gives, as a function of the 5 landmarks (fit on the same

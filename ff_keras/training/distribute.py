@@ -73,7 +73,7 @@ def get_strategy(name: str, logical_devices: int = 0) -> tf.distribute.Strategy:
     cluster = tf_config().get("cluster", {})
     if not cluster:
         raise ValueError("train.distribute=multi_worker needs TF_CONFIG with a 'cluster' "
-                         "(see docs/scaling.md or scripts/multiworker_smoke.py)")
+                         "(see docs/scaling.md or studies/multiworker_smoke.py)")
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 

@@ -1,6 +1,6 @@
 """Tiny training as 1 device, 2 mirrored logical CPUs and 2 local workers; compares the losses.
 
-    python scripts/multiworker_smoke.py [--out runs/scaling_smoke] [--layouts none mirrored multi_worker]
+    python studies/multiworker_smoke.py [--out runs/scaling_smoke] [--layouts none mirrored multi_worker]
         [--config configs/smoke.yaml] [--json out.json] [key.sub=value ...]
 
 Every layout runs ``scripts/train.py`` in fresh processes on the same 8 rows with the
@@ -13,13 +13,15 @@ run by more than --atol.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: studies/ is not installed
+
 from studies.multiworker import COMPARE, LAYOUTS, SMOKE, compare
+from ff_keras.machine import write_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<13} {d['replicas']:>8} {d['per_replica_batch']:>11} {r['step_losses'][0]:>12.6f} "
               f"{r['step_losses'][1]:>12.6f} {diff:>10.2e} {'✅' if good else '❌'}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_result(args.json, results)
     return 0 if ok else 1
 
 

@@ -13,14 +13,13 @@ Files are read once before timing (warm page cache); each tf.data figure is the 
 --passes timed passes after an untimed one (all passes are kept in the JSON): on a shared
 2-core VM single passes scatter by up to 2x. Targets on a 2-core host: (a) >= 0.8 x (b), (a) >= 4 x (c).
 
-    python scripts/benchmark_pipeline.py --json runs/benchmark_pipeline.json
-    python scripts/benchmark_pipeline.py --max-images 512 --pil-images 128 --json /tmp/b.json
+    python benchmarks/benchmark_pipeline.py --json runs/benchmark_pipeline.json
+    python benchmarks/benchmark_pipeline.py --max-images 512 --pil-images 128 --json /tmp/b.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from ff_keras.data import readers as datasets, preprocess
 from ff_keras.data.augment import augment_batch
 from ff_keras.config import load_config
 from ff_keras.data.pipeline import make_dataset, parallel_calls, pipeline_options
-from ff_keras.machine import describe, machine_facts
+from ff_keras.machine import write_result
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -196,11 +195,7 @@ def main() -> None:
     print(f"data root {root}; TF {tf.__version__}; host CPUs {os.cpu_count()}")
     results = {s: bench_source(root, s, args, cfg) for s in args.sources}
     results["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
-    results["machine"] = machine_facts()
-    print(f"machine: {describe(results['machine'])}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"✅ wrote {args.json}")
+    write_result(args.json, results)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ mode on real FairFace crops resized to 64 px. Weights are rounded to float16 pre
 *before* torch runs, so the files stay small (< 0.4 MB each) and the expected outputs are
 exact for the stored weights. ``tests/test_convert.py`` checks them without torch (CI).
 
-    python scripts/make_parity_fixture.py [--arch resnet18 mobilenet_v2] [--out-dir tests/fixtures]
+    python studies/make_parity_fixture.py [--arch resnet18 mobilenet_v2] [--out-dir tests/fixtures]
 """
 
 from __future__ import annotations

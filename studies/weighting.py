@@ -9,7 +9,6 @@ Each method is one W&B run in a shared group, so the curves overlay in the UI.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from ff_keras.training.loss_weighting import LossWeighting
 from ff_keras.training.losses import build_losses
 from ff_keras.training.run import cached_embeddings, compile_trainer, embedding_fit_inputs, load_tables, stage_callbacks
 from ff_keras.training.tracking import Tracker
+from ff_keras.machine import write_result
 
 # method -> (strategy, use the config's loss_weights? else all 1.0)
 METHODS: dict[str, tuple[str, bool]] = {
@@ -72,9 +72,8 @@ def compare(
     loss_fns = build_losses(heads, cfg.train.label_smoothing, cfg.train.age_years_loss)
     rows = [_train_method(cfg, method, net, heads, tr, va, loss_fns, epochs, steps, out, group) for method in methods]
     table = pd.DataFrame(rows).set_index("method")
-    (out / "results.json").write_text(json.dumps({"group": group, "epochs": epochs, "steps_per_epoch": steps,
-                                                  "n_train_rows": len(tr["emb"]), "n_val": len(va["emb"]),
-                                                  "results": rows}, indent=2))
+    write_result(out / "results.json", {"group": group, "epochs": epochs, "steps_per_epoch": steps,
+                                        "n_train_rows": len(tr["emb"]), "n_val": len(va["emb"]), "results": rows})
     (out / "results.md").write_text(to_markdown(table, epochs, steps, group))
     return table
 

@@ -1,6 +1,6 @@
 """End-to-end speed of photo analysis (detect + align + classify) for each detector.
 
-    python scripts/benchmark_faces.py --model runs/x/model.onnx --json faces_bench.json [--photos 200]
+    python benchmarks/benchmark_faces.py --model runs/x/model.onnx --json faces_bench.json [--photos 200]
 
 Photos are composites of 2-5 FairFace validation crops (140-200 px) on a random background,
 about 600-1100 x 250 px; they are built before timing. Prints photos/s, faces/s, the time
@@ -10,15 +10,16 @@ split between detection, alignment and classification, and recall against the pa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: studies/ is not installed
+
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.faces.detect import DETECTORS, MIN_FACE
 from ff_keras.data.crops import fairface_val_crops
-from ff_keras.machine import describe, machine_facts
+from ff_keras.machine import write_result
 from ff_keras.paths import default_model
 from studies.faces import benchmark, make_photos
 
@@ -52,12 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{det:9s} {r['photos_per_s']:6.2f} photos/s {r['faces_per_s']:7.2f} faces/s  recall {r['recall']:.3f} "
               f"fp {r['false_positives']}  time: detect {s['detection']:.0%} align {s['alignment']:.0%} "
               f"classify {s['classification']:.0%}")
-    doc["machine"] = machine_facts()
-    print(f"machine: {describe(doc['machine'])}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2))
-        print(f"wrote {args.json}")
+        write_result(args.json, doc)
     return 0
 
 

@@ -6,7 +6,7 @@
 2. HTTP load: ``--clients`` concurrent clients x ``--requests`` requests EACH against /predict,
    for micro-batching on (1 worker), off (1 worker) and on with 2 workers: req/s, p50/p99, errors.
 
-    python scripts/benchmark_serving.py --model-dir artifacts/model --json artifacts/bench_serving.json
+    python benchmarks/benchmark_serving.py --model-dir artifacts/model --json artifacts/bench_serving.json
     # tiny smoke run: --requests 5 --clients 4 --images 8 --repeats 1
 """
 
@@ -18,15 +18,17 @@ import sys
 from pathlib import Path
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: studies/ is not installed
+
 import numpy as np
 import uvloop
 
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.data.crops import fairface_val_crops
-from studies.throughput import images_per_second
+from ff_keras.inference.throughput import images_per_second
 from ff_keras.inference.predictor import load_images, load_predictor
 from studies.loadtest import load_test, running_server
-from ff_keras.machine import describe, machine_facts
+from ff_keras.machine import write_result
 
 HTTP_SETUPS = {
     "batching_on_1_worker": ["--workers", "1"],
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["inference"], indent=2), flush=True)
     if not args.skip_http:
         # The model path alone: the framing check's detector pass (~0.1 s a crop) is measured by
-        # scripts/benchmark_framing.py.
+        # benchmarks/benchmark_framing.py.
         extra = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                  "--threads", str(args.threads), "--no-framing-check"]
         extra += ["--ort-spinning"] if args.ort_spinning else []
@@ -115,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         result["http"] = http_benchmarks(
             model_dir / "model.onnx", paths[0].read_bytes(), args.clients, args.requests, extra, log_dir
         )
-    result["machine"] = machine_facts()
-    print(f"machine: {describe(result['machine'])}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"✅ wrote {args.json}")
+    write_result(args.json, result)
     errors = sum(v["errors"] for k, v in result.get("http", {}).items() if isinstance(v, dict))
     return 1 if errors else 0
 

@@ -1,7 +1,7 @@
 """What more FairFace training rows buy: val accuracy of heads trained on frozen embeddings
 with 25 / 50 / 100 % of the FairFace training rows (UTKFace rows unchanged), same protocol.
 
-    python scripts/learning_curve.py --run ~/ff_runs/dlib_extended-v3 --json reports/learning_curve.json
+    python benchmarks/learning_curve.py --run ~/ff_runs/dlib_extended-v3 --json reports/learning_curve.json
 
 Reads the embedding cache a training run wrote in its first (frozen-backbone) stage
 (``<run>/embeddings/{train,val}.npz``: un-augmented images through the converted dlib
@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from ff_keras.machine import write_result
 
 HEADS = ("age", "gender", "race")
 
@@ -63,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"run": str(run), "seed": args.seed, "rows": rows}, indent=1) + "\n")
+        write_result(args.json, {"run": str(run), "seed": args.seed, "rows": rows}, indent=1)
     return 0
 
 

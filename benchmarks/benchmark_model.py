@@ -1,8 +1,8 @@
 """CPU throughput: Keras vs torchvision ResNet-34 inference, and Keras training steps.
 
-    python scripts/benchmark_model.py --json runs/benchmark_model.json        # full (minutes)
-    python scripts/benchmark_model.py --json /tmp/b.json --steps 2 --warmup 1 --batch 4   # smoke
-    python scripts/benchmark_model.py --json reports/benchmarks/train_precision.json --skip-torch \
+    python benchmarks/benchmark_model.py --json runs/benchmark_model.json        # full (minutes)
+    python benchmarks/benchmark_model.py --json /tmp/b.json --steps 2 --warmup 1 --batch 4   # smoke
+    python benchmarks/benchmark_model.py --json reports/benchmarks/train_precision.json --skip-torch \
         --batch 64 --train-backbones dlib_resnet --train-sizes 150 --train-precisions float32 mixed_bfloat16
 
 Inference: batch 32, 224 px, ``--threads`` (2) intra-op threads for both frameworks.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.modules.setdefault("triton", None)  # triton segfaults when loaded after TensorFlow
 
-from ff_keras.machine import describe, machine_facts  # noqa: E402
+from ff_keras.machine import write_result  # noqa: E402
 
 
 def timed(fn: Callable[[], object], steps: int, warmup: int) -> float:
@@ -174,11 +174,7 @@ def main() -> None:
                 key = f"keras_train_{backbone}_{size}{suffix}_img_s"
                 result[key] = keras_train_step(backbone, args.batch, size, args.steps, args.warmup, policy)
                 print(f"✅ Keras train step {backbone} @ {size}px, {policy}: {result[key]:.1f} img/s")
-    result["machine"] = machine_facts()
-    print(f"machine: {describe(result['machine'])}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"✅ wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How often MTCNN's and dlib's crops of the same face give the same top label.
 
-    python scripts/detector_agreement.py --model runs/x/model.onnx --faces 300 --json agreement.json
+    python benchmarks/detector_agreement.py --model runs/x/model.onnx --faces 300 --json agreement.json
 
 Places ``--faces`` FairFace validation crops, 3 per photo, on random backgrounds; on the faces
 both detectors find it reports per-head top-label agreement between the two detectors' crops
@@ -16,11 +16,14 @@ import sys
 from pathlib import Path
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: studies/ is not installed
+
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.faces.detect import DETECTORS, MIN_FACE
 from ff_keras.data.crops import fairface_val_crops
 from ff_keras.paths import default_model
 from studies.faces import detector_agreement, make_photos
+from ff_keras.machine import write_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": args.model, **detector_agreement(photos, predictor, tuple(args.detectors), args.min_face)}
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_result(args.json, result)
     return 0
 
 

@@ -1,7 +1,7 @@
 """How well the service's framing check (``ff_keras.faces.framing``) tells FairFace-like crops
 from tighter and looser ones: the crop variants of ``benchmark_robustness.py``, checked one by one.
 
-    python scripts/benchmark_framing.py --split val --limit 200 --json reports/benchmarks/framing_val.json
+    python benchmarks/benchmark_framing.py --split val --limit 200 --json reports/benchmarks/framing_val.json
 
 Prints, per variant, the estimated crop scale (median and 5th-95th percentile; 1.0 = FairFace's
 chip) and the share of crops given each status. Select thresholds on ``val``.
@@ -10,10 +10,8 @@ chip) and the share of crops given each status. Select thresholds on ``val``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -22,7 +20,7 @@ from ff_keras.data.readers import resolve_data_root
 from ff_keras.evaluation import robustness
 from ff_keras.faces.detect import DETECTORS, DEFAULT_DETECTOR
 from ff_keras.faces.framing import OK_SCALE, STATUSES, check_framing
-from ff_keras.machine import describe, machine_facts
+from ff_keras.machine import describe, machine_facts, write_result
 from ff_keras.splits import build as splits
 
 GEOMETRIC = ["standard", "central_90", "central_75", "central_60", "padding_0.4", "aspect_0.8", "aspect_1.25"]
@@ -78,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         shares = " | ".join(f"{r['share_' + s]:.2f}" for s in STATUSES)
         print(f"| {v} | {r['scale_median']} [{r['scale_p5']}, {r['scale_p95']}] | {shares} |")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_result(args.json, result, indent=1)
     return 0
 
 

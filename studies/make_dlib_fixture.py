@@ -1,6 +1,6 @@
 """Writes the golden dlib parity fixture: a few aligned chips and dlib's own descriptors.
 
-    python scripts/make_dlib_fixture.py [--n 8] [--out tests/fixtures/dlib_parity.npz]
+    python studies/make_dlib_fixture.py [--n 8] [--out tests/fixtures/dlib_parity.npz]
 
 The chips come from FairFace val crops (data root: ``FF_DATA_ROOT`` or ../shared/data)
 aligned by dlib (``ff_keras.convert.dlib_weights.dlib_reference``). With the fixture the Keras

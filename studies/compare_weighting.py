@@ -1,6 +1,6 @@
 """Compare loss weightings (fixed equal / fixed tuned / uncertainty / DWA) on cached embeddings.
 
-    python scripts/compare_weighting.py [--config configs/default.yaml] [--epochs 10]
+    python studies/compare_weighting.py [--config configs/default.yaml] [--epochs 10]
         [--methods fixed_equal fixed_tuned uncertainty dwa] [--out reports/weighting] [key=value ...]
 
 Writes ``<out>/results.md`` + ``results.json``; each method is a W&B run in one group.
@@ -9,8 +9,11 @@ Writes ``<out>/results.md`` + ``results.json``; each method is a W&B run in one 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: studies/ is not installed
 
 from studies.weighting import METHODS, compare
 from ff_keras.config import load_config

@@ -1,4 +1,4 @@
-"""Throughput of a predictor at a fixed batch size (serving and INT8 benchmarks)."""
+"""Throughput of a predictor at a fixed batch size (the INT8 report and the serving benchmark)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Frozen linear probe of the dlib face backbone on FairFace validation images.
 
-    python scripts/linear_probe.py [--n 0] [--weights FILE.npz] [--json OUT]
+    python benchmarks/linear_probe.py [--n 0] [--weights FILE.npz] [--json OUT]
 
 Measures how much of each attribute the frozen identity features already encode. Protocol:
 crops resized to 150 px, frozen Keras dlib_resnet features (pooled 256-d and the 128-d
@@ -11,7 +11,6 @@ FairFace val, accuracy on the 15 % test part.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -29,6 +28,7 @@ from ff_keras.convert.dlib_weights import load_dlib_weights
 from ff_keras.data.preprocess import normalize_np
 from ff_keras.data.readers import read_fairface, resolve_data_root
 from ff_keras.inference.predictor import load_images
+from ff_keras.machine import write_result
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
@@ -63,7 +63,7 @@ def main() -> None:
             results[f"{name}/{head}"] = round(float((clf.predict(x[test]) == y[test]).mean()), 4)
             print(f"{name:15s} {head:7s} {results[f'{name}/{head}']:.4f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_result(args.json, results)
 
 
 if __name__ == "__main__":

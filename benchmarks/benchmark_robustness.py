@@ -1,7 +1,7 @@
 """Accuracy on face crops cut differently from FairFace's chips (tighter, looser, stretched,
 low-resolution, compressed), beside the standard crop.
 
-    python scripts/benchmark_robustness.py --model models/ff_dlib_resnet150.onnx --split val \\
+    python benchmarks/benchmark_robustness.py --model models/ff_dlib_resnet150.onnx --split val \\
         --limit 800 --json reports/benchmarks/robustness_val.json
 
 Scores the first ``--limit`` FairFace rows of the split in manifest order (0 = all). Select
@@ -13,16 +13,14 @@ each variant's drop from the standard crop and whether it is within the toleranc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 
 from ff_keras.evaluation import robustness
 from ff_keras.splits import build as splits
 from ff_keras.data.readers import resolve_data_root
-from ff_keras.machine import describe, machine_facts
+from ff_keras.machine import describe, machine_facts, write_result
 from ff_keras.paths import default_model
 
 
@@ -57,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{describe(result['machine'])}):")
     print(robustness.markdown_table(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_result(args.json, result, indent=1)
     return 0
 
 
