@@ -1,11 +1,12 @@
-"""Every command the README shows runs as written on a fresh clone.
+"""Every command the README and the docs pages show runs as written on a fresh clone.
 
-The README's fenced ``bash`` blocks and its inline `` `python scripts/...` `` spans are parsed
-into commands; for each one: the script exists, its arguments pass that script's own argparse
-parser (the real parser, captured when the script's ``main`` calls ``parse_args``, so no model
-is loaded), every ``key=value`` override is a valid config key (strict ``load_config``), and
-every input path exists in the repository or is produced by another command the README shows
-(``PRODUCED`` below names that command, and the test checks that it is in the README too).
+The fenced ``bash`` blocks and the inline `` `python scripts/...` `` spans (also ``benchmarks/``
+and ``studies/``) of README.md and docs/*.md are parsed into commands; for each one: the script
+exists, ``python SCRIPT --help`` runs from the repository root, its arguments pass that script's
+own argparse parser (the real parser, captured when the script's ``main`` calls ``parse_args``,
+so no model is loaded), every ``key=value`` override is a valid config key (strict
+``load_config``), and every input path exists in the repository or is produced by another command
+the docs show (``PRODUCED`` below names that command, and the test checks that it is shown too).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import fnmatch
 import importlib.util
 import io
 import itertools
+import os
 import re
 import shlex
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,9 +32,12 @@ from ff_keras.data.readers import resolve_data_root
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))  # not docs/_archive/: the frozen old README
+# Folders whose scripts a documented command may run.
+SCRIPT_DIRS = ("scripts/", "benchmarks/", "studies/")
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 
-# Paths the README's commands read that a fresh clone lacks, and the README command that makes each.
+# Paths the documented commands read that a fresh clone lacks, and the documented command that makes each.
 PRODUCED = {
     "weights/dlib_resnet_*.npz": "python scripts/convert_weights.py dlib",
     "weights/mobilenet_v2_*.npz": "scripts/convert_weights.py torchvision --backbone mobilenet_v2",
@@ -38,6 +45,7 @@ PRODUCED = {
         "python scripts/train.py --config configs/dlib_full.yaml train.run_id=release2",
     "artifacts/release2": "--out artifacts/release2",
     "artifacts/model/model.onnx": "--out artifacts/model",
+    "artifacts/model": "--out artifacts/model",
     "~/ff_data/root": "python scripts/prepare_fairface.py",
     "~/ff_runs/dlib_extended-v3": "train.run_id=v3 output_dir=~/ff_runs",
     "~/ff_runs/dlib_extended-v4": "train.run_id=v4 output_dir=~/ff_runs",
@@ -57,7 +65,7 @@ PRODUCED = {
     "artifacts/release4_adjusted/model.onnx": "--out artifacts/release4_adjusted --flip-tta",
 }
 DEFAULT_DATA_ROOT = "../shared/data"
-# Data the user brings from outside the repository, and the source the README must name for it.
+# Data the user brings from outside the repository, and the source the docs must name for it.
 EXTERNAL = {"~/ff_data/raw/": "sumanvithaeadala/EthnicityDetection"}
 # Stand-ins for the user's own files and ids in synopsis lines (not files of the repository).
 PLACEHOLDERS = {"PATH", "NAME", "ID", "FILE.pth", "photo.jpg", "photos/", "face.jpg", "file=@face.jpg"}
@@ -69,6 +77,11 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 
 def _readme_text() -> str:
     return README.read_text()
+
+
+def _docs_text() -> str:
+    """README.md and every docs page: where commands are shown."""
+    return "\n".join(p.read_text() for p in [README, *DOCS])
 
 
 def fenced_commands(text: str) -> list[str]:
@@ -99,11 +112,13 @@ def inline_commands(text: str) -> list[str]:
     spans = re.findall(r"`([^`]+)`", prose)
     cmds = [part.strip() for s in spans for part in " ".join(s.split()).split("&&")]
     # A bare `scripts/x.py` in prose names the script; with "python"/"bash" or arguments it is a command.
-    return [c for c in cmds if re.match(r"^(python3?|bash) scripts/\S+|^scripts/\S+\.(py|sh) \S", c)]
+    dirs = "(" + "|".join(d.rstrip("/") for d in SCRIPT_DIRS) + ")"
+    return [c for c in cmds if re.match(rf"^(python3?|bash) {dirs}/\S+|^{dirs}/\S+\.(py|sh) \S", c)]
 
 
 def readme_commands() -> list[str]:
-    text = _readme_text()
+    """Every command shown in README.md and docs/*.md."""
+    text = _docs_text()
     return fenced_commands(text) + inline_commands(text)
 
 
@@ -115,13 +130,13 @@ def _tokens(command: str) -> list[str]:
 
 
 def script_invocations() -> list[tuple[str, str, list[str]]]:
-    """(command, script path, arguments) for every README command that runs a repository script."""
+    """(command, script path, arguments) for every documented command that runs a repository script."""
     out = []
     for cmd in readme_commands():
         tokens = _tokens(cmd)
         if tokens[:1] in (["python"], ["python3"], ["bash"]):
             tokens = tokens[1:]
-        if tokens and tokens[0].startswith("scripts/"):
+        if tokens and tokens[0].startswith(SCRIPT_DIRS):
             out.append((cmd, tokens[0], tokens[1:]))
     return out
 
@@ -198,31 +213,67 @@ def path_ok(path: str, commands: list[str]) -> str | None:
             f"{path} is not in the data root {resolve_data_root()}")
     for prefix, source in EXTERNAL.items():
         if path.startswith(prefix):
-            return None if source in _readme_text() else f"{path}: the README no longer says where it comes from"
+            return None if source in _docs_text() else f"{path}: the docs no longer say where it comes from"
     if any(Path(p).exists() for p in REPO.glob(path)) or (REPO / path).exists():
         return None
     for pattern, producer in PRODUCED.items():
         if fnmatch.fnmatch(path, pattern) or path.startswith(pattern.rstrip("/") + "/"):
             if any(producer in c for c in commands):
                 return None
-            return f"{path} would be produced by `{producer}`, which the README no longer shows"
-    return f"{path} does not exist in the repository and no README command produces it"
+            return f"{path} would be produced by `{producer}`, which the docs no longer show"
+    return f"{path} does not exist in the repository and no documented command produces it"
 
 
 INVOCATIONS = script_invocations()
 
 
+PY_SCRIPTS = sorted({s for _, s, _ in INVOCATIONS if s.endswith(".py")})
+
+
 def test_readme_shows_script_commands():
     scripts = {s for _, s, _ in INVOCATIONS}
     assert len(INVOCATIONS) >= 20 and "scripts/train.py" in scripts and "scripts/setup.sh" in scripts, INVOCATIONS
+    readme = {s for c in fenced_commands(_readme_text()) + inline_commands(_readme_text())
+              for s in [_tokens(c)[1] if _tokens(c)[:1] == ["python"] else ""]}
+    assert {"scripts/predict.py", "scripts/serve.py", "scripts/evaluate.py"} <= readme, readme
+    assert {"benchmarks/benchmark_robustness.py", "studies/compare_weighting.py"} <= scripts, scripts
+
+
+def test_docs_show_only_scripts_of_the_three_folders():
+    """A command naming a script that moved away (e.g. the old ``scripts/benchmark_*.py``) is caught."""
+    moved = [c for c in readme_commands() if re.search(r"scripts/(benchmark_|learning_curve|linear_probe|"
+                                                       r"detector_agreement|compare_weighting|multiworker_smoke|"
+                                                       r"make_\w+_fixture|studies/)", c)]
+    assert not moved, moved
 
 
 @pytest.mark.parametrize("script", sorted({s for _, s, _ in INVOCATIONS}))
 def test_script_exists(script):
-    assert (REPO / script).is_file(), f"README runs {script}, which does not exist"
+    assert (REPO / script).is_file(), f"the docs run {script}, which does not exist"
 
 
-@pytest.mark.parametrize("script", sorted({s for _, s, _ in INVOCATIONS if s.endswith(".py")}))
+@pytest.fixture(scope="module")
+def help_runs() -> dict[str, subprocess.CompletedProcess]:
+    """``python SCRIPT --help`` from the repository root for every documented script, as a user
+    runs it (a fresh process each, two at a time: several import TensorFlow before parsing)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(PY_SCRIPTS, pool.map(run, PY_SCRIPTS)))
+
+
+@pytest.mark.parametrize("script", PY_SCRIPTS)
+def test_script_help_runs(script, help_runs):
+    proc = help_runs[script]
+    assert proc.returncode == 0 and "usage:" in proc.stdout, (
+        f"`python {script} --help` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+@pytest.mark.parametrize("script", PY_SCRIPTS)
 def test_flags_overrides_and_paths(script, monkeypatch):
     parser = script_parser(script, monkeypatch)
     commands = readme_commands()
@@ -249,7 +300,7 @@ def test_flags_overrides_and_paths(script, monkeypatch):
 
 
 def test_pytest_options_exist():
-    """``python -m pytest`` options the README shows are pytest's own or registered in conftest."""
+    """``python -m pytest`` options the docs show are pytest's own or registered in conftest."""
     conftest = (REPO / "tests" / "conftest.py").read_text()
     for cmd in readme_commands():
         tokens = _tokens(cmd)

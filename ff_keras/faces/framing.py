@@ -17,7 +17,7 @@ import numpy as np
 from ff_keras.faces.detect import DEFAULT_DETECTOR, Face, chip_quad, detect_faces
 
 # Crop side / FairFace chip side called "ok". The model was measured to lose at most ~1.5 points
-# of gender and ~3.7 of race from central 90 % (0.9) out to padding 0.4 (1.2) (README "Crops it
+# of gender and ~3.7 of race from central 90 % (0.9) out to padding 0.4 (1.2) (docs/evaluation.md "Crops it
 # handles"); the bounds are wider by the estimate's own spread (benchmarks/benchmark_framing.py on
 # val, MTCNN: FairFace's own chips read 0.93-1.37 from the 5th to the 95th percentile, padding 0.4
 # up to 1.64), so that few crops inside the measured range are flagged.
