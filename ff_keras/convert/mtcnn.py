@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-# name -> (mtcnn stage class, input shape with None for free dims, output names in mtcnn's order)
-NETWORKS: dict[str, tuple[str, list[int | None], list[str]]] = {
-    "pnet": ("StagePNet", [None, None, None, 3], ["bbox_reg", "bbox_class"]),
-    "rnet": ("StageRNet", [None, 24, 24, 3], ["bbox_reg", "bbox_class"]),
-    "onet": ("StageONet", [None, 48, 48, 3], ["bbox_reg", "landmarks", "bbox_class"]),
+from ff_keras.faces.mtcnn_onnx import OUTPUTS
+
+# name -> (mtcnn stage class, input shape with None for free dims)
+NETWORKS: dict[str, tuple[str, list[int | None]]] = {
+    "pnet": ("StagePNet", [None, None, None, 3]),
+    "rnet": ("StageRNet", [None, 24, 24, 3]),
+    "onet": ("StageONet", [None, 48, 48, 3]),
 }
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -35,7 +37,8 @@ def convert_mtcnn(out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     written = {}
-    for name, (stage_cls, shape, outputs) in NETWORKS.items():
+    for name, (stage_cls, shape) in NETWORKS.items():
+        outputs = OUTPUTS[name]
         model = getattr(stages, stage_cls)().model
         spec = (tf.TensorSpec(shape, tf.float32, name="image"),)
 
