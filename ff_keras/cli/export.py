@@ -3,6 +3,11 @@
     python scripts/export.py --checkpoint runs/x/best.keras --out artifacts/model \
         [--int8 --int8-mode static --int8-split test --int8-limit 2000]
 
+The shipped release (an ONNX file) as .keras and SavedModel, next to a copy of its ONNX:
+
+    python scripts/export.py --release [--onnx models/ff_dlib_resnet150.onnx] [--out artifacts/release] \
+        [--config configs/dlib_extended.yaml]
+
 Exits non-zero (ParityError) if any artifact disagrees with Keras beyond tolerance.
 """
 
@@ -18,12 +23,19 @@ from pathlib import Path
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.inference.export import N_PARITY, OPSET, export_checkpoint
 from ff_keras.data.crops import fairface_val_crops
+from ff_keras.paths import REPO, default_model
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="training .keras checkpoint with model_info.json beside it")
-    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--checkpoint", help="training .keras checkpoint with model_info.json beside it")
+    ap.add_argument("--out", help="output folder (default with --release: artifacts/release)")
+    ap.add_argument("--release", action="store_true",
+                    help="write the released ONNX (--onnx) as .keras and SavedModel instead of a checkpoint")
+    ap.add_argument("--onnx", default=default_model(), help="with --release: the ONNX file (default: the "
+                    "shipped release, or $FF_MODEL)")
+    ap.add_argument("--config", default=str(REPO / "configs" / "dlib_extended.yaml"),
+                    help="with --release: the training config of the network in the file (graph only)")
     ap.add_argument("--data-root", default=None, help="default: $FF_DATA_ROOT or ../shared/data")
     ap.add_argument("--parity-images", type=int, default=N_PARITY)
     ap.add_argument("--opset", type=int, default=OPSET)
@@ -38,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     root = resolve_data_root(args.data_root)
     if args.opset < 17:
         ap.error("--opset must be >= 17")
+    if args.release:
+        return _release(args, root)
+    if not args.checkpoint or not args.out:
+        ap.error("--checkpoint and --out are required (or --release)")
     report = export_checkpoint(args.checkpoint, args.out, root, n_images=args.parity_images, opset=args.opset)
     for fmt, path in report.artifacts.items():
         worst = max(r["max_abs"] for r in report.parity[fmt].values())
@@ -58,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         result = compare_int8(onnx_path, int8_path, table, root)
         (Path(args.out) / "int8_report.json").write_text(json.dumps(result, indent=2))
         print(f"✅ int8 ({args.int8_mode}): {int8_path}\n{json.dumps(result, indent=2)}")
+    return 0
+
+
+def _release(args: argparse.Namespace, root: Path) -> int:
+    from ff_keras.inference.release import export_release
+
+    report = export_release(args.onnx, args.config, args.out or "artifacts/release", root, args.parity_images)
+    for name, parity in report.parity.items():
+        worst = max(r["max_abs"] for r in parity.values())
+        print(f"✅ {name}: max abs diff {worst:.2e} on {report.n_parity_images} real faces, argmax 100%")
+    for fmt, path in report.artifacts.items():
+        print(f"✅ {fmt}: {path}")
     return 0
 
 
