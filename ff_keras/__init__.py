@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ff_keras.version import __version__
+
 __all__ = ["FaceAnalyzer", "analyze", "__version__"]
 
 if TYPE_CHECKING:

@@ -207,7 +207,7 @@ def add_mtcnn_args(p: argparse.ArgumentParser) -> None:
 def run_mtcnn(args: argparse.Namespace) -> Path:
     """mtcnn 1.0.0's PNet, RNet and ONet as ONNX (tf2onnx), each checked against its Keras network;
     the default detector runs them on ONNX Runtime (ff_keras.faces.mtcnn_onnx), without TensorFlow."""
-    from ff_keras.convert.mtcnn import PARITY_ATOL, convert_mtcnn
+    from ff_keras.faces.mtcnn_convert import PARITY_ATOL, convert_mtcnn
     from ff_keras.paths import MTCNN_WEIGHTS
 
     written = convert_mtcnn(args.out_dir or MTCNN_WEIGHTS)

