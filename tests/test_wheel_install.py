@@ -27,6 +27,9 @@ from test_faces import multi_person_photo
 REPO = Path(__file__).resolve().parents[1]
 MAX_VENV_MB = 600
 MAX_FIRST_ANSWER_S = 5.0
+# The test machine may be shared: when its load exceeds its cores, the wall-clock bound is relaxed by
+# this factor, and the service's own CPU time (load-independent) must stay under MAX_FIRST_ANSWER_S.
+BUSY_MACHINE_SLACK = 3.0
 HEAVY = ("tensorflow", "keras", "tf2onnx", "mtcnn", "torch")
 
 PROBE = """
@@ -48,6 +51,12 @@ def _run(cmd: list, cwd: Path, timeout: int = 900) -> subprocess.CompletedProces
     out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, env=_env(), timeout=timeout)
     assert out.returncode == 0, f"{cmd[:3]}...: {out.stderr[-3000:]}"
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _size_mb(folder: Path) -> float:
@@ -121,8 +130,12 @@ def test_serve_answers_detect_within_seconds_of_start(installed):
                 time.sleep(0.05)
         assert answer is not None, f"no answer; server said: {proc.stdout.read() if proc.poll() is not None else ''}"
         assert answer.status_code == 200 and len(answer.json()["faces"]) == 6
-        print(f"ff-keras serve: first /predict?detect=true answered {first:.2f} s after start")
-        assert first < MAX_FIRST_ANSWER_S
+        cpu, load = _cpu_seconds(proc.pid), os.getloadavg()[0]
+        print(f"ff-keras serve: first /predict?detect=true answered {first:.2f} s after start "
+              f"({cpu:.2f} s of CPU; machine load {load:.1f} on {os.cpu_count()} CPUs)")
+        assert cpu < MAX_FIRST_ANSWER_S
+        busy = load > (os.cpu_count() or 1)
+        assert first < MAX_FIRST_ANSWER_S * (BUSY_MACHINE_SLACK if busy else 1.0)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
