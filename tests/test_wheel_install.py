@@ -27,6 +27,7 @@ from test_faces import multi_person_photo
 REPO = Path(__file__).resolve().parents[1]
 MAX_VENV_MB = 600
 MAX_FIRST_ANSWER_S = 5.0
+MAX_SERVICE_MB = 1024  # peak RSS after the first detect answer (TensorFlow alone would take ~1 GB)
 # The test machine may be shared: when its load exceeds its cores, the wall-clock bound is relaxed by
 # this factor, and the service's own CPU time (load-independent) must stay under MAX_FIRST_ANSWER_S.
 BUSY_MACHINE_SLACK = 3.0
@@ -131,8 +132,11 @@ def test_serve_answers_detect_within_seconds_of_start(installed):
         assert answer is not None, f"no answer; server said: {proc.stdout.read() if proc.poll() is not None else ''}"
         assert answer.status_code == 200 and len(answer.json()["faces"]) == 6
         cpu, load = _cpu_seconds(proc.pid), os.getloadavg()[0]
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak_mb = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) / 1024
         print(f"ff-keras serve: first /predict?detect=true answered {first:.2f} s after start "
-              f"({cpu:.2f} s of CPU; machine load {load:.1f} on {os.cpu_count()} CPUs)")
+              f"({cpu:.2f} s of CPU; machine load {load:.1f} on {os.cpu_count()} CPUs); peak RSS {peak_mb:.0f} MB")
+        assert peak_mb < MAX_SERVICE_MB
         assert cpu < MAX_FIRST_ANSWER_S
         busy = load > (os.cpu_count() or 1)
         assert first < MAX_FIRST_ANSWER_S * (BUSY_MACHINE_SLACK if busy else 1.0)
