@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ff_keras import __version__, labels
+from ff_keras import labels
+from ff_keras.version import __version__
 
 INFO_NAME = "model_info.json"
 TTA_MODES = ("none", "flip")  # test-time augmentation baked into an exported graph

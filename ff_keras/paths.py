@@ -1,11 +1,13 @@
 """Where things are: the repository (so configured relative paths work from any working
-directory) and dlib's model files."""
+directory), the files shipped inside the package (the released model, MTCNN's networks) and
+dlib's model files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the checkout; in an installed wheel, site-packages
+PACKAGE = Path(__file__).resolve().parent
 
 
 def repo_path(path: str | Path) -> Path:
@@ -29,13 +31,18 @@ def face_models_dir() -> Path:
     return Path(spec.origin).parent / "models"
 
 
-# The model the repository ships; every CLI that takes a model uses it unless told otherwise.
-SHIPPED_MODEL = REPO / "models" / "ff_dlib_resnet150.onnx"
+# The released model, shipped inside the package (package data; a checkout's models/ holds
+# symlinks to it): every CLI and the Python API use it unless told otherwise.
+SHIPPED_MODEL = PACKAGE / "release" / "ff_dlib_resnet150.onnx"
 MODEL_ENV = "FF_MODEL"
+# MTCNN's three networks as ONNX (scripts/convert_weights.py mtcnn), for faces.mtcnn_onnx.
+MTCNN_WEIGHTS = PACKAGE / "faces" / "weights"
 
 
 def default_model() -> str:
-    """``$FF_MODEL`` if set, else the shipped ONNX model (absolute, so any working directory works)."""
+    """``$FF_MODEL`` if set, else the packaged release (absolute, so any working directory works).
+
+    An explicit model argument, where a caller has one, wins over both."""
     import os
 
     return os.environ.get(MODEL_ENV) or str(SHIPPED_MODEL)

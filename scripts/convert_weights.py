@@ -10,6 +10,10 @@ torchvision layout (``.pth`` state dict, or the FairFace authors' ResNet-34 chec
 Each conversion is strict (``ff_keras.convert.torchvision``), is read back from the written file, and
 with ``--verify`` (default on) is checked against torchvision itself on real face crops
 (max abs difference <= ``PARITY_ATOL``). torch is needed here only, never for training.
+
+MTCNN's networks, once, as the package's TensorFlow-free detector (``ff_keras/faces/weights``):
+
+    python scripts/convert_weights.py mtcnn
 To add a converter, write ``add_<name>_args(parser)`` + ``run_<name>(args) -> Path`` and add
 one line to ``SUBCOMMANDS``.
 """
@@ -196,11 +200,28 @@ def run_onnx(args: argparse.Namespace) -> Path:
     return out
 
 
+def add_mtcnn_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(out_dir=None)  # default: the package's own folder (they ship as package data)
+
+
+def run_mtcnn(args: argparse.Namespace) -> Path:
+    """mtcnn 1.0.0's PNet, RNet and ONet as ONNX (tf2onnx), each checked against its Keras network;
+    the default detector runs them on ONNX Runtime (ff_keras.faces.mtcnn_onnx), without TensorFlow."""
+    from ff_keras.faces.mtcnn_convert import PARITY_ATOL, convert_mtcnn
+    from ff_keras.paths import MTCNN_WEIGHTS
+
+    written = convert_mtcnn(args.out_dir or MTCNN_WEIGHTS)
+    for name, path in written.items():
+        print(f"✅ {name}: {path} (matches mtcnn's Keras network within {PARITY_ATOL})")
+    return next(iter(written.values())).parent
+
+
 # name -> (add arguments, run). Other converters add one line here.
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Path]]] = {
     "torchvision": (add_torchvision_args, run_torchvision),
     "dlib": (add_dlib_args, run_dlib),
     "onnx": (add_onnx_args, run_onnx),
+    "mtcnn": (add_mtcnn_args, run_mtcnn),
 }
 
 

@@ -16,8 +16,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ff_keras"
 # "core" holds the contracts every stage shares (config, label schema, sidecar, paths).
 STAGES: tuple[str, ...] = (
     "core", "data", "splits", "models", "convert", "training", "inference", "evaluation", "faces", "serve",
+    "api", "cli",
 )
-CORE = {"ff_keras", "ff_keras.config", "ff_keras.labels", "ff_keras.machine", "ff_keras.model_info", "ff_keras.paths"}
+CORE = {"ff_keras.config", "ff_keras.labels", "ff_keras.machine", "ff_keras.model_info", "ff_keras.paths",
+        "ff_keras.version"}
+# The package's own namespace exposes the API (``ff_keras.analyze``); ``python -m ff_keras`` is the CLI.
+TOP = {"ff_keras": "api", "ff_keras.__main__": "cli"}
 
 
 def module_name(path: Path) -> str:
@@ -51,6 +55,8 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
 def stage_of(module: str) -> str:
     if module in CORE:
         return "core"
+    if module in TOP:
+        return TOP[module]
     stage = module.split(".")[1]
     if stage not in STAGES:
         raise AssertionError(f"{module} is in no stage of {STAGES}: add its folder to STAGES")

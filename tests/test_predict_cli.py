@@ -146,5 +146,5 @@ def test_fresh_clone_default_is_the_shipped_model(data_root, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["model"].endswith("models/ff_dlib_resnet150.onnx")
+    assert doc["model"].endswith("ff_dlib_resnet150.onnx")
     assert len(doc["faces"]) == 1 and set(doc["faces"][0]["heads"]) >= {"age", "gender", "race"}

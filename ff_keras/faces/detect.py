@@ -19,7 +19,11 @@ import numpy as np
 
 from ff_keras.paths import face_models_dir
 
-DETECTORS: tuple[str, ...] = ("mtcnn", "dlib_hog", "dlib_cnn")
+# "mtcnn" runs mtcnn 1.0.0's networks on ONNX Runtime (faces.mtcnn_onnx: no TensorFlow, same boxes
+# and landmarks as the package); "mtcnn_tf" is the mtcnn package itself on TensorFlow (the [train]
+# extra), kept as the reference the ONNX one is tested against.
+DETECTORS: tuple[str, ...] = ("mtcnn", "dlib_hog", "dlib_cnn", "mtcnn_tf")
+_MTCNN_FAMILY = ("mtcnn", "mtcnn_tf")
 # MTCNN finds 94 % of FairFace faces pasted into photos against dlib HOG's 66 % (HOG misses
 # turned and tilted faces) and still runs at >= 5 photos/s here: benchmarks/benchmark_faces.py.
 DEFAULT_DETECTOR = "mtcnn"
@@ -92,6 +96,10 @@ def _model(name: str):
 
 def _load_model(name: str):
     if name == "mtcnn":
+        from ff_keras.faces.mtcnn_onnx import MTCNN as OnnxMTCNN
+
+        return OnnxMTCNN()
+    if name == "mtcnn_tf":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from mtcnn import MTCNN
 
@@ -137,9 +145,9 @@ def _raw_boxes(
 ) -> list[tuple[np.ndarray, float]]:
     """Detector boxes as ([x0, y0, x1, y1] float, score) in ``rgb`` pixels, already mapped to
     dlib's box convention for the shape predictor."""
-    if detector == "mtcnn":
+    if detector in _MTCNN_FAMILY:
         small, s = _resize_for(rgb, min_face, 20)
-        found = _model("mtcnn").detect_faces(small, min_face_size=20, threshold_onet=onet)
+        found = _model(detector).detect_faces(small, min_face_size=20, threshold_onet=onet)
         out = []
         for d in found:
             x, y, w, h = (v / s for v in d["box"])
