@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,17 +17,13 @@ from PIL import Image
 from ff_keras.inference.predictor import load_images, load_predictor
 from ff_keras.paths import REPO, SHIPPED_MODEL
 
-# The README's snippet (pasted from /work/notes/issue30.md), run below in a folder holding
-# artifacts/release (what `ff-keras export --release` writes) and a face crop face.jpg.
-SAVED_MODEL_SNIPPET = '''
-import numpy as np, tensorflow as tf
-from PIL import Image
 
-serve = tf.saved_model.load("artifacts/release/saved_model").signatures["serving_default"]
-face = Image.open("face.jpg").convert("RGB").resize((150, 150), Image.BILINEAR)  # an aligned face crop
-out = serve(image=tf.constant(np.asarray(face, np.float32)[None]))  # float32 [N, 150, 150, 3], RGB 0-255
-print({name: value.numpy().tolist() for name, value in out.items()})  # age/gender/race probabilities, age_years
-'''
+def readme_saved_model_snippet() -> str:
+    """The README's SavedModel example, as printed there: the python block that calls tf.saved_model.load."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    found = [b for b in blocks if "tf.saved_model.load" in b]
+    assert len(found) == 1, "the README should show exactly one SavedModel example"
+    return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +53,7 @@ def test_readme_saved_model_snippet(release, fairface_images):
     work, _, _ = release
     shutil.copyfile(fairface_images[0], work / "face.jpg")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run([sys.executable, "-c", SAVED_MODEL_SNIPPET], capture_output=True, text=True, cwd=work,
+    run = subprocess.run([sys.executable, "-c", readme_saved_model_snippet()], capture_output=True, text=True, cwd=work,
                          env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     out = ast.literal_eval(run.stdout.strip().splitlines()[-1])
