@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ff_keras import labels
+from ff_keras.inference.predictor import apply_logit_bias
 
 EPS = 1e-12
 MIN_AGE_BIN_N = 50  # age bins with fewer val rows are reported, not held to the rule
@@ -125,13 +126,7 @@ def log_probs(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p.astype(np.float64), EPS, 1.0))
 
 
-def apply_bias(p: np.ndarray, bias: np.ndarray, by: np.ndarray | None = None) -> np.ndarray:
-    """``softmax(log p + b)``; ``bias`` is [C], or [G, C] picked per row by the class ids ``by``."""
-    b = np.asarray(bias, np.float64)
-    z = log_probs(p) + (b if by is None else b[by])
-    z -= z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+apply_bias = apply_logit_bias  # the step the ONNX graph runs (``export.add_logit_bias``)
 
 
 def coordinate_ascent(score: Callable[[np.ndarray], float], shape: tuple[int, ...],
@@ -273,3 +268,30 @@ def selective_by_group(p: np.ndarray, y: np.ndarray, threshold: float, groups: n
     """``selective`` per group id (e.g. true race or true age bin)."""
     return {name: selective(p[groups == g], y[groups == g], threshold) for g, name in enumerate(names)
             if (groups == g).any()}
+
+
+# === Report blocks (rendered by ``report.to_markdown``) ===
+
+_RULE_COLUMNS = [t.key for t in RULE]
+
+
+def candidates_table(candidates: Mapping[str, Mapping]) -> tuple[list[str], list[list]]:
+    """One row per candidate and half: the rule's quantities, failed targets in bold."""
+    header = ["candidate", "half", *[t.text for t in RULE], "rule holds"]
+    rows = []
+    for name, c in candidates.items():
+        for half in ("fit", "confirm"):
+            rule = c[half]["rule"]
+            cells = [f"{rule[k]['value']:.3f}" if rule[k]["ok"] else f"**{rule[k]['value']:.3f}**"
+                     for k in _RULE_COLUMNS]
+            rows.append([name, half, *cells, "yes" if all(r["ok"] for r in rule.values()) else "no"])
+    return header, rows
+
+
+def selective_table(by_group: Mapping[str, Mapping], what: str) -> tuple[list[str], list[list]]:
+    """Accuracy of all faces vs. of the answered ones, and the share answered, per group."""
+    header = [what, "n", "accuracy (all)", "answered", "accuracy (answered)"]
+    rows = [[g, s["n"], f"{s['accuracy_all']:.3f}", f"{s['answered']:.3f}",
+             "–" if np.isnan(s["accuracy_answered"]) else f"{s['accuracy_answered']:.3f}"]
+            for g, s in by_group.items()]
+    return header, rows

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ff_keras import labels
-from ff_keras.evaluation import groups
+from ff_keras.evaluation import groups, report
 
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.evaluation.run import predict_rows
@@ -84,7 +84,7 @@ def candidates(p: dict[str, np.ndarray], y: dict[str, np.ndarray], fit: np.ndarr
     out["age prior tau"] = {"params": {"age_tau": tau, "age": bt.tolist()}, "probs": {**p, "age": age_t}}
     med = np.eye(p["age"].shape[1])[groups.median_bin(p["age"])]
     out["age median decoding"] = {"params": {}, "probs": {**p, "age": med}}
-    r_pred = race_g.argmax(-1)
+    r_pred = p["race"].argmax(-1)  # bias steps condition on the outputs before any bias step
     bgr = groups.fit_gender_bias_by_race(p["gender"][fit], r_pred[fit], yf, gender_floor)
     gen_r = groups.apply_bias(p["gender"], bgr, r_pred)
     out["gender bias | race"] = {"params": {"gender_by_race": bgr.tolist()}, "probs": {**p, "gender": gen_r}}
@@ -128,14 +128,16 @@ def run_study(cache_path: Path, manifests: str, out: Path, costs: list[float]) -
     held = [i for i, c in enumerate(counts) if c >= groups.MIN_AGE_BIN_N]
     result = {"rows": len(table), "fit_rows": int(fit.sum()), "confirm_rows": int((~fit).sum()),
               "age_bins_held": [labels.HEAD_CLASSES["age"][i] for i in held], "candidates": {}, "frontier": []}
-    cands = candidates(p, y, fit, held, age_prior(manifests))
-    for name, c in cands.items():
-        row = {"params": c["params"]}
-        for half, mask in (("fit", fit), ("confirm", ~fit)):
-            pred = {h: c["probs"][h][mask].argmax(-1) for h in ("age", "gender", "race")}
-            s = groups.group_summary({h: v[mask] for h, v in y.items()}, pred, held)
-            row[half] = {**s, "rule": groups.check_rule(s)}
-        result["candidates"][name] = row
+    prior = age_prior(manifests)
+    for key, fit_rows in (("candidates", fit), ("swapped", ~fit)):  # swapped: a cross-fit check only
+        result[key] = {}
+        for name, c in candidates(p, y, fit_rows, held, prior).items():
+            row = {"params": c["params"]}
+            for half, mask in (("fit", fit_rows), ("confirm", ~fit_rows)):
+                pred = {h: c["probs"][h][mask].argmax(-1) for h in ("age", "gender", "race")}
+                s = groups.group_summary({h: v[mask] for h, v in y.items()}, pred, held)
+                row[half] = {**s, "rule": groups.check_rule(s)}
+            result[key][name] = row
     g_pred = p["gender"].argmax(-1)
     yf = {h: v[fit] for h, v in y.items()}
     base = accuracy(p["race"][fit], y["race"][fit])
@@ -154,9 +156,62 @@ def run_study(cache_path: Path, manifests: str, out: Path, costs: list[float]) -
                              "worst_cell": round(float(crec.min()), 4)}
             result["frontier"].append(row)
     result["ambiguity"] = ambiguity(p, y, fit)
+    passing = [n for n, c in result["candidates"].items() if all(r["ok"] for r in c["confirm"]["rule"].values())]
+    best = max(passing, key=lambda n: (result["candidates"][n]["confirm"]["worst_race_gender_recall"],
+                                       result["candidates"][n]["confirm"]["race_accuracy"]), default=None)
+    result["decision"] = {"passing": passing, "selected": best}
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(result, indent=1))
+    bg = result["candidates"]["race bias | gender"]["params"]["race_by_gender"]
+    (out / "race_bias_by_gender.json").write_text(json.dumps({"race": {"by": "gender", "bias": bg}}, indent=1))
+    provenance = f"fit half of FairFace val ({result['fit_rows']} rows, seed 29), {cache_path.name}"
+    (out / "ambiguity.json").write_text(json.dumps({
+        h: {"threshold": a["threshold"], "target_accuracy_answered": a["target"], "fitted_on": provenance,
+            "confirm_half": a["confirm"]} for h, a in result["ambiguity"].items()}, indent=1))
+    (out / "study.md").write_text(report.to_markdown(study_blocks(result)))
     return result
+
+
+def study_blocks(result: dict) -> list:
+    """The study as report blocks: rule table, frontier, ambiguity tables."""
+    blocks = [
+        ("h1", "Issue 29: group-aware selection on FairFace val (fit half -> confirm half)"),
+        ("p", f"{result['rows']} val rows: fit half {result['fit_rows']}, confirm half {result['confirm_rows']} "
+              "(stratified by race x gender x age bin, seed 29). Parameters are fitted on the fit half only. "
+              "Bold: a target of reports/release5_rule.md that fails. Age bins held to the rule: "
+              f"{', '.join(result['age_bins_held'])}."),
+        ("table", groups.candidates_table(result["candidates"])),
+        ("p", f"Candidates passing the rule on the confirm half: {result['decision']['passing'] or 'none'}; "
+              f"selected: {result['decision']['selected']}."),
+        ("h2", "Cross-fit check: the same candidates with the halves swapped (not used for the decision)"),
+        ("table", groups.candidates_table(result["swapped"])),
+        ("h2", "Parameters (fitted on the fit half)"),
+        ("table", (["candidate", "parameters"], [[n, json.dumps({k: np.round(v, 3).tolist() if isinstance(v, list)
+                                                                 else v for k, v in c["params"].items()})]
+                                                 for n, c in result["candidates"].items() if c["params"]])),
+        ("h2", "Race frontier: worst recall vs. race accuracy (race biases per predicted gender)"),
+        ("p", "Each row maximises the worst race recall (objective race) or the worst race x gender recall "
+              "(objective cell) on the fit half with race accuracy kept >= the fit half's own minus cost."),
+        ("table", (["cost", "objective", "fit acc", "fit worst race", "fit worst cell", "confirm acc",
+                    "confirm worst race", "confirm worst cell"],
+                   [[f["cost"], f["objective"], f["fit"]["race_accuracy"], f["fit"]["worst_race"],
+                     f["fit"]["worst_cell"], f["confirm"]["race_accuracy"], f["confirm"]["worst_race"],
+                     f["confirm"]["worst_cell"]] for f in result["frontier"]])),
+        ("h2", "Ambiguous answers (release 4 outputs; thresholds from the fit half)"),
+    ]
+    for head, a in result["ambiguity"].items():
+        c = a["confirm"]
+        blocks += [
+            ("h3", f"{head}: threshold {a['threshold']:.3f} for {a['target']:.2f} accuracy of answered faces"),
+            ("p", f"Confirm half: {c['answered']:.3f} of faces answered at {c['accuracy_answered']:.3f} accuracy "
+                  f"(all faces: {c['accuracy_all']:.3f})."),
+            ("table", groups.selective_table(a["confirm_by_race"], "true race")),
+            ("table", groups.selective_table(a["confirm_by_age"], "true age bin")),
+            ("table", (["threshold", "answered", "accuracy (answered)"],
+                       [[q["threshold"], f"{q['answered']:.3f}", f"{q['accuracy_answered']:.3f}"]
+                        for q in a["confirm_curve"]])),
+        ]
+    return blocks
 
 
 def main(argv: list[str] | None = None) -> int:
