@@ -167,12 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {"parity": parity, "priors": priors, "tau": taus, "manifests": args.manifests,
                   "calibration": calibration, "logit_bias": args.logit_bias}
     adjusted = adjusted_info(info, args.flip_tta, weights, temps, logit_bias, ambiguity or None)
-    extra = {**adjusted.extra, "adjusted": provenance}
+    graph_steps = args.flip_tta or taus or args.calibrate or logit_bias
+    # a metadata-only copy (thresholds) keeps the provenance of the graph steps it already has
+    extra = {**adjusted.extra, "adjusted": provenance} if graph_steps else dict(adjusted.extra)
     if ambiguity:
         extra["ambiguity"] = {"source": args.ambiguity_from, **ambiguity_spec}
     save_info(replace(adjusted, extra=extra), out)
     worst = max(r["max_abs"] for r in parity.values())
-    print(f"✅ {out / src.name}: flip TTA {'on' if args.flip_tta else 'off'}, prior correction {taus or 'none'}, "
+    print(f"✅ {out / src.name}, added: flip TTA {'on' if args.flip_tta else 'off'}, prior correction {taus or 'none'}, "
           f"output temperatures {temps or 'none'}, logit biases {sorted(logit_bias) or 'none'}, "
           f"ambiguity thresholds {ambiguity or 'none'}; "
           f"max abs diff {worst:.2e} on {len(images)} faces")

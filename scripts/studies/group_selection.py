@@ -35,7 +35,7 @@ def cache(model: str, split: str, manifests: str, out: Path, threads: int) -> No
     predictor = load_predictor(model, threads=threads)
     probs, _ = predict_rows(predictor, table, resolve_data_root(None))
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, rel_path=table["rel_path"].to_numpy(str), **probs)
+    np.savez(out, rel_path=table["rel_path"].to_numpy(str), model=np.array(str(model)), **probs)
     logging.info("%s: %d rows of %s -> %s", model, len(table), split, out)
 
 
@@ -45,7 +45,7 @@ def load_cache(path: Path, manifests: str, split: str = "val") -> tuple[pd.DataF
     data = np.load(path)
     if list(data["rel_path"]) != table["rel_path"].tolist():
         raise ValueError(f"{path}: cached rows differ from the {split} rows of {manifests}")
-    return table, {k: data[k] for k in data.files if k != "rel_path"}
+    return table, {k: data[k] for k in data.files if k not in ("rel_path", "model")}
 
 
 def age_prior(manifests: str) -> np.ndarray:
@@ -164,7 +164,8 @@ def run_study(cache_path: Path, manifests: str, out: Path, costs: list[float]) -
     (out / "study.json").write_text(json.dumps(result, indent=1))
     bg = result["candidates"]["race bias | gender"]["params"]["race_by_gender"]
     (out / "race_bias_by_gender.json").write_text(json.dumps({"race": {"by": "gender", "bias": bg}}, indent=1))
-    provenance = f"fit half of FairFace val ({result['fit_rows']} rows, seed 29), {cache_path.name}"
+    model = str(np.load(cache_path)["model"])
+    provenance = f"outputs of {model} on the fit half of FairFace val ({result['fit_rows']} rows, seed 29)"
     (out / "ambiguity.json").write_text(json.dumps({
         h: {"threshold": a["threshold"], "target_accuracy_answered": a["target"], "fitted_on": provenance,
             "confirm_half": a["confirm"]} for h, a in result["ambiguity"].items()}, indent=1))
