@@ -119,6 +119,32 @@ def ambiguity(p: dict[str, np.ndarray], y: dict[str, np.ndarray], fit: np.ndarra
     return out
 
 
+def selective_report(cache_path: Path, split: str, manifests: str, model: str, out: Path) -> str:
+    """Selective accuracy per head, per true race and per true age bin under the (fixed) thresholds
+    in ``model``'s sidecar; nothing is fitted. Written as Markdown + JSON to ``out``."""
+    from ff_keras.model_info import load_info  # noqa: PLC0415
+
+    table, p = load_cache(cache_path, manifests, split)
+    y = groups.truths(table)
+    thresholds = load_info(model).ambiguity
+    result, blocks = {}, [("h1", f"Selective accuracy on FairFace {split} ({len(table)} rows), thresholds of {model}")]
+    for head, t in thresholds.items():
+        result[head] = {"threshold": t, "all": groups.selective(p[head], y[head], t),
+                        **{f"by_{g}": groups.selective_by_group(p[head], y[head], t, y[g], labels.HEAD_CLASSES[g])
+                           for g in ("race", "age")}}
+        a = result[head]["all"]
+        blocks += [("h2", f"{head}: threshold {t}"),
+                   ("p", f"{a['answered']:.3f} of faces answered at {a['accuracy_answered']:.3f} accuracy "
+                         f"(all faces {a['accuracy_all']:.3f})."),
+                   ("table", groups.selective_table(result[head]["by_race"], "true race")),
+                   ("table", groups.selective_table(result[head]["by_age"], "true age bin"))]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selective.json").write_text(json.dumps(result, indent=1))
+    text = report.to_markdown(blocks)
+    (out / "selective.md").write_text(text)
+    return text
+
+
 def run_study(cache_path: Path, manifests: str, out: Path, costs: list[float]) -> dict:
     """The candidates table (fit half -> confirm half) and the race frontier; written to ``out``."""
     table, p = load_cache(cache_path, manifests)
@@ -224,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--manifests", default="splits/extended")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("selective", help="selective accuracy of a cache under the thresholds of a model sidecar")
+    t.add_argument("--cache", type=Path, required=True)
+    t.add_argument("--split", default="test")
+    t.add_argument("--manifests", default="splits/extended")
+    t.add_argument("--model", default="models/ff_dlib_resnet150.onnx", help="its model_info.json gives the thresholds")
+    t.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("study")
     s.add_argument("--cache", type=Path, required=True)
     s.add_argument("--manifests", default="splits/extended")
@@ -234,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cmd == "cache":
         cache(args.model, args.split, args.manifests, args.out, args.threads)
+    elif args.cmd == "selective":
+        print(selective_report(args.cache, args.split, args.manifests, args.model, args.out))
     else:
         print(json.dumps(run_study(args.cache, args.manifests, args.out, args.costs), indent=1))
     return 0
