@@ -12,6 +12,7 @@ scores them on the confirm half (see ``ff_keras.evaluation.groups``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -39,6 +40,169 @@ def cache(model: str, split: str, manifests: str, out: Path, threads: int) -> No
     logging.info("%s: %d rows of %s -> %s", model, len(table), split, out)
 
 
+def embed(keras_model: str, manifests: str, out: Path, batch: int = 64) -> None:
+    """The 256-d input of the linear heads (``embed_relu``) of a Keras model for the FairFace rows of
+    train (plain) and of val and test (plain and mirrored, for flip TTA), plus the heads' weights."""
+    import keras  # noqa: PLC0415
+
+    from ff_keras.inference.predictor import load_images  # noqa: PLC0415
+
+    model = keras.saving.load_model(keras_model, compile=False)
+    feats = keras.Model(model.input, model.get_layer("embed_relu").output)
+    root = resolve_data_root(None)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        table = load_split(manifests, ["fairface"], split).reset_index(drop=True)
+        plain, mirror = [], []
+        for start in range(0, len(table), batch):
+            x = load_images([root / p for p in table["rel_path"].iloc[start:start + batch]], 150)
+            plain.append(np.asarray(feats(x, training=False)))
+            if split != "train":
+                mirror.append(np.asarray(feats(x[:, :, ::-1].copy(), training=False)))
+        arrays[f"{split}_plain"] = np.concatenate(plain)
+        if mirror:
+            arrays[f"{split}_mirror"] = np.concatenate(mirror)
+        arrays[f"{split}_rel_path"] = table["rel_path"].to_numpy(str)
+        logging.info("%s: %d rows embedded", split, len(table))
+    for head in ("age", "gender", "race"):
+        kernel, bias = model.get_layer(head).get_weights()
+        arrays[f"W_{head}"], arrays[f"b_{head}"] = kernel, bias
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray, k: int, weight: np.ndarray | None = None,
+                soft: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression (L2, C=1) -> (W [d, k], b [k]); ``soft`` [n, k] label
+    distributions are fitted by weighting one copy of each row per class with non-zero mass."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    w = np.ones(len(y)) if weight is None else weight
+    if soft is not None:
+        rows, cls = np.nonzero(soft > 1e-3)
+        x, y, w = x[rows], cls, w[rows] * soft[rows, cls]
+    lr = LogisticRegression(C=1.0, max_iter=300).fit(x, y, sample_weight=w * len(w) / w.sum())
+    W, b = np.zeros((x.shape[1], k)), np.zeros(k)
+    W[:, lr.classes_], b[lr.classes_] = lr.coef_.T, lr.intercept_
+    if k == 2:  # sklearn's binary model has one column: logit of class 1
+        W = np.stack([-lr.coef_[0] / 2, lr.coef_[0] / 2], 1)
+        b = np.array([-lr.intercept_[0] / 2, lr.intercept_[0] / 2])
+    return W, b
+
+
+def _cell_weights(codes: np.ndarray, n: int) -> np.ndarray:
+    counts = np.bincount(codes, minlength=n).astype(float)
+    return (1.0 / np.maximum(counts, 1))[codes]
+
+
+def _cumulative_age(x: np.ndarray, y: np.ndarray, k: int):
+    """Cumulative logits: one binary model per threshold ``y > j``; returns a function embeddings ->
+    bin probabilities (monotone survival clipped, then differenced)."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    models = [LogisticRegression(C=1.0, max_iter=300).fit(x, (y > j).astype(int)) for j in range(k - 1)]
+
+    def predict(h: np.ndarray) -> np.ndarray:
+        surv = np.stack([m.predict_proba(h)[:, 1] for m in models], 1)
+        surv = np.minimum.accumulate(surv, axis=1)
+        cum = np.concatenate([np.ones((len(h), 1)), surv, np.zeros((len(h), 1))], 1)
+        return np.clip(cum[:, :-1] - cum[:, 1:], 1e-6, 1)
+
+    return predict
+
+
+def head_study(embed_path: Path, manifests: str, out: Path) -> dict:
+    """Linear heads refitted on cached embeddings of the base train rows with several losses,
+    scored on the val halves with flip TTA (and, for race, the gender-conditioned race biases
+    fitted on the fit half) against release 4's own heads on the same embeddings."""
+    d = np.load(embed_path)
+    train = load_split("splits", ["fairface"], "train").reset_index(drop=True)
+    val = load_split(manifests, ["fairface"], "val").reset_index(drop=True)
+    if list(d["val_rel_path"]) != val["rel_path"].tolist() or list(d["train_rel_path"]) != train["rel_path"].tolist():
+        raise ValueError(f"{embed_path}: cached rows differ from the split rows")
+    yt, yv = groups.truths(train), groups.truths(val)
+    fit = groups.fit_confirm_halves(val)
+    xt = d["train_plain"]
+    k = {h: len(labels.HEAD_CLASSES[h]) for h in ("age", "gender", "race")}
+
+    def flip_probs(W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (_softmax(d["val_plain"] @ W + b) + _softmax(d["val_mirror"] @ W + b)) / 2
+
+    cell = yt["race"] * 2 + yt["gender"]
+    soft = np.exp(-0.5 * (np.arange(k["age"])[None, :] - yt["age"][:, None]) ** 2)  # Gaussian, sigma 1 bin
+    soft /= soft.sum(1, keepdims=True)
+    variants = {
+        "race": {"release 4 head": (d["W_race"], d["b_race"]),
+                 "CE": _fit_linear(xt, yt["race"], k["race"]),
+                 "class-balanced": _fit_linear(xt, yt["race"], k["race"], _cell_weights(yt["race"], 7)),
+                 "race x gender balanced": _fit_linear(xt, yt["race"], k["race"], _cell_weights(cell, 14))},
+        "gender": {"release 4 head": (d["W_gender"], d["b_gender"]),
+                   "CE": _fit_linear(xt, yt["gender"], 2),
+                   "race x gender balanced": _fit_linear(xt, yt["gender"], 2, _cell_weights(cell, 14))},
+        "age": {"release 4 head": (d["W_age"], d["b_age"]),
+                "CE": _fit_linear(xt, yt["age"], k["age"]),
+                "class-balanced": _fit_linear(xt, yt["age"], k["age"], _cell_weights(yt["age"], 9)),
+                "soft Gaussian labels": _fit_linear(xt, yt["age"], k["age"], soft=soft)},
+    }
+    # group DRO (race x gender cells): reweight cells by exp(eta * cell loss) on train, 4 rounds
+    w = np.ones(len(cell))
+    for _ in range(4):
+        W, b = _fit_linear(xt, yt["race"], k["race"], w)
+        loss = -np.log(np.clip(_softmax(xt @ W + b)[np.arange(len(cell)), yt["race"]], 1e-12, 1))
+        cell_loss = np.bincount(cell, weights=loss, minlength=14) / np.bincount(cell, minlength=14)
+        w = _cell_weights(cell, 14) * np.exp(2.0 * (cell_loss - cell_loss.mean()))[cell]
+    variants["race"]["group DRO (race x gender)"] = (W, b)
+    probs = {h: {n: flip_probs(*wb) for n, wb in vs.items()} for h, vs in variants.items()}
+    cum = _cumulative_age(xt, yt["age"], k["age"])
+    probs["age"]["cumulative logits"] = (cum(d["val_plain"]) + cum(d["val_mirror"])) / 2
+    g_pred = probs["gender"]["release 4 head"].argmax(-1)
+    held = [i for i, c in enumerate(np.bincount(yv["age"], minlength=9)) if c >= groups.MIN_AGE_BIN_N]
+    rows = []
+    for head, vs in probs.items():
+        for name, p in vs.items():
+            steps = {"none": p}
+            if head == "race":
+                bg = groups.fit_race_bias(p[fit], g_pred[fit], {h: v[fit] for h, v in yv.items()},
+                                          accuracy(p[fit], yv["race"][fit]))
+                steps["+ race bias | gender"] = groups.apply_bias(p, bg, g_pred)
+            if head == "age":
+                tau = groups.fit_age_tau(p[fit], yv["age"][fit], age_prior("splits"),
+                                         accuracy(p[fit], yv["age"][fit]) - 0.01, held)
+                steps[f"+ age prior tau {tau:.2f}"] = groups.apply_bias(p, -tau * np.log(age_prior("splits")))
+            for step, q in steps.items():
+                for half, mask in (("fit", fit), ("confirm", ~fit)):
+                    pred = {h: probs[h]["release 4 head"][mask].argmax(-1) for h in probs}
+                    pred[head] = q[mask].argmax(-1)
+                    sm = groups.group_summary({h: v[mask] for h, v in yv.items()}, pred, held)
+                    rows.append({"head": head, "variant": name, "post-hoc": step, "half": half,
+                                 **{key: round(float(sm[key]), 4) for key in HEAD_KEYS[head]}})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heads.json").write_text(json.dumps(rows, indent=1))
+    blocks = [("h1", "Linear heads refitted on cached embeddings (base train rows, 14,668 FairFace) vs. release 4's"),
+              ("p", "Features: the 256-d input of the heads (embed_relu) of release 4's network recovered in Keras; "
+                    "val with flip TTA; post-hoc steps fitted on the fit half. Only the listed head changes; the "
+                    "others stay release 4's.")]
+    for head in probs:
+        keys = HEAD_KEYS[head]
+        blocks.append(("h2", head))
+        blocks.append(("table", (["variant", "post-hoc", "half", *keys],
+                                 [[r["variant"], r["post-hoc"], r["half"], *[r[k_] for k_ in keys]]
+                                  for r in rows if r["head"] == head])))
+    (out / "heads.md").write_text(report.to_markdown(blocks))
+    return {"rows": len(rows)}
+
+
+HEAD_KEYS = {"race": ["race_accuracy", "worst_race_recall", "worst_race_gender_recall", "race_balanced_accuracy"],
+             "gender": ["gender_accuracy", "gender_gap_across_races"],
+             "age": ["age_accuracy", "age_balanced_accuracy", "worst_age_bin_recall"]}
+
+
 def load_cache(path: Path, manifests: str, split: str = "val") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The split's FairFace rows and the cached outputs, row order checked."""
     table = load_split(manifests, ["fairface"], split).reset_index(drop=True)
@@ -48,6 +212,7 @@ def load_cache(path: Path, manifests: str, split: str = "val") -> tuple[pd.DataF
     return table, {k: data[k] for k in data.files if k not in ("rel_path", "model")}
 
 
+@functools.lru_cache
 def age_prior(manifests: str) -> np.ndarray:
     """Age-bin frequencies of the labelled training rows (FairFace and UTKFace), in class order."""
     table = load_split(manifests, ["fairface", "utkface"], "train")
@@ -250,6 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--manifests", default="splits/extended")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--out", type=Path, required=True)
+    e = sub.add_parser("embed", help="cache head inputs of a Keras model (train, val and test rows)")
+    e.add_argument("--keras", required=True)
+    e.add_argument("--manifests", default="splits", help="the base split: its train images are on this machine")
+    e.add_argument("--out", type=Path, required=True)
+    hd = sub.add_parser("heads", help="linear heads refitted on the embed cache, scored on the val halves")
+    hd.add_argument("--embed", type=Path, required=True)
+    hd.add_argument("--manifests", default="splits/extended")
+    hd.add_argument("--out", type=Path, required=True)
     t = sub.add_parser("selective", help="selective accuracy of a cache under the thresholds of a model sidecar")
     t.add_argument("--cache", type=Path, required=True)
     t.add_argument("--split", default="test")
@@ -266,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cmd == "cache":
         cache(args.model, args.split, args.manifests, args.out, args.threads)
+    elif args.cmd == "embed":
+        embed(args.keras, args.manifests, args.out)
+    elif args.cmd == "heads":
+        print(head_study(args.embed, args.manifests, args.out))
     elif args.cmd == "selective":
         print(selective_report(args.cache, args.split, args.manifests, args.model, args.out))
     else:
