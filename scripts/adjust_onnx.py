@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         extra["ambiguity"] = {"source": args.ambiguity_from, **ambiguity_spec}
     save_info(replace(adjusted, extra=extra), out)
     worst = max(r["max_abs"] for r in parity.values())
-    print(f"✅ {out / src.name}, added: flip TTA {'on' if args.flip_tta else 'off'}, prior correction {taus or 'none'}, "
-          f"output temperatures {temps or 'none'}, logit biases {sorted(logit_bias) or 'none'}, "
+    print(f"✅ {out / src.name}, added: flip TTA {'on' if args.flip_tta else 'off'}, "
+          f"prior correction {taus or 'none'}, output temperatures {temps or 'none'}, "
+          f"logit biases {sorted(logit_bias) or 'none'}, "
           f"ambiguity thresholds {ambiguity or 'none'}; "
           f"max abs diff {worst:.2e} on {len(images)} faces")
     return 0
