@@ -42,6 +42,13 @@ class ModelInfo:
     # Per-head class weights the exported probabilities were multiplied by and renormalised
     # with (post-hoc prior correction, ``export.add_prior_correction``); empty = none.
     prior_correction: dict[str, list[float]] = field(default_factory=dict)
+    # Per-head threshold on the top probability: a face whose top probability is below it is
+    # answered ``ambiguous`` (with its runner-up). Fitted on val for a stated accuracy of the
+    # answered faces (provenance in ``extra["ambiguity"]``); empty = no flag.
+    ambiguity: dict[str, float] = field(default_factory=dict)
+    # Post-network logit biases of the exported graph (``export.add_logit_bias``), per head:
+    # ``{"by": None | other head, "bias": [C] | [G, C]}``; empty = none.
+    logit_bias: dict[str, dict] = field(default_factory=dict)
     version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +92,17 @@ def load_info(artifact: str | Path) -> ModelInfo:
     unknown = [h for h in info.regression_heads if h not in labels.REGRESSION_HEADS]
     if unknown:
         raise ValueError(f"{path}: unknown regression heads {unknown}; known: {list(labels.REGRESSION_HEADS)}")
+    check_ambiguity(info.ambiguity, info.heads, str(path))
     return info
+
+
+def check_ambiguity(thresholds: dict[str, float], heads: list[str], where: str) -> None:
+    """Raises ``ValueError`` naming the head when a threshold is for no head or outside [0, 1]."""
+    for head, t in thresholds.items():
+        if head not in heads:
+            raise ValueError(f"{where}: ambiguity threshold for unknown head {head!r}; heads are {heads}")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"{where}: ambiguity threshold of {head} must be a number in [0, 1], got {t!r}")
 
 
 # === ONNX metadata ===
@@ -103,6 +120,8 @@ def onnx_metadata(info: ModelInfo) -> dict[str, str]:
         "backbone": info.backbone,
         "tta": info.tta,
         "prior_correction": json.dumps(info.prior_correction),
+        "ambiguity": json.dumps(info.ambiguity),
+        "logit_bias": json.dumps(info.logit_bias),
         "version": info.version,
     }
 
@@ -134,11 +153,28 @@ def check_onnx_agrees(
                                                             info.prior_correction):
         raise ValueError(f"{where} disagree on the prior correction: ONNX metadata {metadata['prior_correction']}, "
                          f"sidecar {json.dumps(info.prior_correction)}")
+    if "ambiguity" in metadata and not _same_weights({h: [t] for h, t in json.loads(metadata["ambiguity"]).items()},
+                                                     {h: [t] for h, t in info.ambiguity.items()}):
+        raise ValueError(f"{where} disagree on the ambiguity thresholds: ONNX metadata {metadata['ambiguity']}, "
+                         f"sidecar {json.dumps(info.ambiguity)}")
+    if "logit_bias" in metadata and not _same_bias(json.loads(metadata["logit_bias"]), info.logit_bias):
+        raise ValueError(f"{where} disagree on the logit biases: ONNX metadata {metadata['logit_bias']}, "
+                         f"sidecar {json.dumps(info.logit_bias)}")
     missing = [h for h in [*info.heads, *info.regression_heads] if h not in outputs]
     if missing:
         raise ValueError(
             f"{where} disagree: the sidecar lists heads {missing} the model lacks (it has {outputs})"
         )
+
+
+def _same_bias(a: dict[str, dict], b: dict[str, dict]) -> bool:
+    def flat(values: Any) -> list[float]:
+        return [x for v in values for x in flat(v)] if isinstance(values, list) else [float(values)]
+
+    def keyed(d: dict[str, dict]) -> dict[str, list[float]]:
+        return {f"{h}|{s.get('by')}": flat(s["bias"]) for h, s in d.items()}
+
+    return _same_weights(keyed(a), keyed(b))
 
 
 def _same_weights(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool:

@@ -1,7 +1,8 @@
 """Writes a copy of an exported ONNX model with flip TTA and/or class-prior correction inside the graph.
 
     python scripts/adjust_onnx.py --onnx artifacts/model/model.onnx --out artifacts/model_adjusted \
-        [--flip-tta] [--prior-correction race=1.0] [--calibrate] [--manifests splits/extended]
+        [--flip-tta] [--prior-correction race=1.0] [--calibrate] [--manifests splits/extended] \
+        [--logit-bias BIAS.json] [--ambiguity-from AMBIGUITY.json]
 
 --flip-tta: the copy runs the network on ``[image; mirrored image]`` in one batch and returns the
 mean of the halves (twice the compute per face). --prior-correction HEAD=TAU: the head's
@@ -10,6 +11,13 @@ frequencies of that head in the training rows of ``--manifests`` (post-hoc logit
 TAU 1 targets balanced accuracy). --calibrate: each head's final probabilities (after the flip mean
 and the correction) are re-tempered as ``softmax(log p / T)`` with T fitted on the val rows of
 ``--manifests`` (needs an export without temperatures of its own; no prediction changes).
+--logit-bias FILE: after everything else, each listed head's probabilities become
+``softmax(log p + b)``; FILE is ``{head: {"by": null | other head, "bias": [C] | [G, C]}}`` (with
+``by``, the row of ``b`` is picked by that head's predicted class, e.g. race biases per predicted
+gender; written by ``studies/group_selection.py``). --ambiguity-from FILE: per-head
+thresholds on the top probability under which answers are flagged ``ambiguous``;
+FILE is ``{head: {"threshold": t, ...provenance}}`` and must have been fitted on the outputs of the
+copy being written. With only --ambiguity-from the graph is unchanged (metadata only).
 The copy (same file name, ``model_info.json`` beside it) is
 checked against the source model run in numpy on real faces; exits non-zero on disagreement.
 """
@@ -17,6 +25,7 @@ checked against the source model run in numpy on real faces; exits non-zero on d
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -29,12 +38,13 @@ from ff_keras.evaluation.run import fit_temperatures, predict_rows
 from ff_keras.inference.export import (
     N_PARITY,
     adjusted_info,
+    check_logit_bias,
     check_untempered,
     prior_correction_weights,
     write_adjusted_onnx,
 )
 from ff_keras.inference.predictor import OnnxPredictor, load_images
-from ff_keras.model_info import ModelInfo, load_info, save_info
+from ff_keras.model_info import ModelInfo, check_ambiguity, load_info, save_info
 from ff_keras.splits.build import load_split
 
 
@@ -71,6 +81,29 @@ def parse_prior_args(items: list[str], heads: list[str]) -> dict[str, float]:
     return out
 
 
+def read_json(path: str | None, what: str) -> dict:
+    """A JSON object file given on the command line; ``ValueError`` naming the file otherwise."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} {path}: cannot read a JSON object ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path}: expected a JSON object keyed by head")
+    return data
+
+
+def ambiguity_thresholds(spec: dict) -> dict[str, float]:
+    """``{head: {"threshold": t}}`` -> ``{head: t}``; ``ValueError`` naming a head without one."""
+    out = {}
+    for head, item in spec.items():
+        if not isinstance(item, dict) or "threshold" not in item:
+            raise ValueError(f"--ambiguity-from: {head!r} has no 'threshold'")
+        out[head] = item["threshold"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--onnx", required=True, help="exported .onnx with model_info.json beside it")
@@ -84,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="split manifests: train rows give the priors, val rows the temperatures")
     ap.add_argument("--data-root", default=None, help="default: $FF_DATA_ROOT or ../shared/data")
     ap.add_argument("--parity-images", type=int, default=N_PARITY)
+    ap.add_argument("--logit-bias", metavar="FILE", help="JSON {head: {by, bias}} of post-network logit biases")
+    ap.add_argument("--ambiguity-from", metavar="FILE", help="JSON {head: {threshold, ...}} of ambiguity thresholds")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -97,8 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         taus = parse_prior_args(args.prior_correction, info.heads)
     except ValueError as err:
         ap.error(str(err))
-    if not args.flip_tta and not taus and not args.calibrate:
-        ap.error("nothing to do: give --flip-tta, --prior-correction HEAD=TAU and/or --calibrate")
+    try:
+        logit_bias = read_json(args.logit_bias, "--logit-bias")
+        check_logit_bias(logit_bias, info)
+        ambiguity_spec = read_json(args.ambiguity_from, "--ambiguity-from")
+        ambiguity = ambiguity_thresholds(ambiguity_spec)
+        check_ambiguity(ambiguity, info.heads, "--ambiguity-from")
+    except ValueError as err:
+        ap.error(str(err))
+    if not (args.flip_tta or taus or args.calibrate or logit_bias or ambiguity):
+        ap.error("nothing to do: give --flip-tta, --prior-correction HEAD=TAU, --calibrate, --logit-bias "
+                 "and/or --ambiguity-from")
+    if args.calibrate and logit_bias:
+        ap.error("--calibrate with --logit-bias: calibrate first, then add the biases to the calibrated copy")
     if args.calibrate:  # before minutes of val predictions, not after
         try:
             check_untempered(src, info)
@@ -117,14 +163,21 @@ def main(argv: list[str] | None = None) -> int:
         calibration = {"split": "val", "rows": n_rows, "temperature": temps}
         print(f"fitted output temperatures on {n_rows} val rows: {temps}")
     parity = write_adjusted_onnx(src, out / src.name, info, images, flip=args.flip_tta, prior_weights=weights,
-                                 temperatures=temps)
+                                 temperatures=temps, logit_bias=logit_bias, ambiguity=ambiguity or None)
     provenance = {"parity": parity, "priors": priors, "tau": taus, "manifests": args.manifests,
-                  "calibration": calibration}
-    adjusted = adjusted_info(info, args.flip_tta, weights, temps)
-    save_info(replace(adjusted, extra={**adjusted.extra, "adjusted": provenance}), out)
+                  "calibration": calibration, "logit_bias": args.logit_bias}
+    adjusted = adjusted_info(info, args.flip_tta, weights, temps, logit_bias, ambiguity or None)
+    graph_steps = args.flip_tta or taus or args.calibrate or logit_bias
+    # a metadata-only copy (thresholds) keeps the provenance of the graph steps it already has
+    extra = {**adjusted.extra, "adjusted": provenance} if graph_steps else dict(adjusted.extra)
+    if ambiguity:
+        extra["ambiguity"] = {"source": args.ambiguity_from, **ambiguity_spec}
+    save_info(replace(adjusted, extra=extra), out)
     worst = max(r["max_abs"] for r in parity.values())
-    print(f"✅ {out / src.name}: flip TTA {'on' if args.flip_tta else 'off'}, prior correction {taus or 'none'}, "
-          f"output temperatures {temps or 'none'}; "
+    print(f"✅ {out / src.name}, added: flip TTA {'on' if args.flip_tta else 'off'}, "
+          f"prior correction {taus or 'none'}, output temperatures {temps or 'none'}, "
+          f"logit biases {sorted(logit_bias) or 'none'}, "
+          f"ambiguity thresholds {ambiguity or 'none'}; "
           f"max abs diff {worst:.2e} on {len(images)} faces")
     return 0
 

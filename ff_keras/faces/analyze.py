@@ -138,7 +138,8 @@ def _face_fields(face: Face | None, rgb: np.ndarray) -> dict:
 
 
 def format_table(records: Sequence[dict], heads: Sequence[str]) -> str:
-    """A fixed-width table: one row per face with each head's top label and its probability."""
+    """A fixed-width table: one row per face with each head's top label and its probability
+    (``X or Y?`` when the head's answer is ambiguous, Y its runner-up)."""
     years = any(r.get("age_years") is not None for r in records)
     cols = ["image", "face", "box", "conf"] + list(heads) + (["age_years"] if years else [])
     rows = []
@@ -147,7 +148,8 @@ def format_table(records: Sequence[dict], heads: Sequence[str]) -> str:
         row = [Path(r["image"]).name, str(r["face"]), ",".join(map(str, r["box"])), conf]
         for h in heads:
             p = r["heads"][h]
-            row.append(f"{p['label']} ({p['probabilities'][p['label']]:.2f})")
+            label = f"{p['label']} or {p['runner_up']['label']}?" if p.get("ambiguous") else p["label"]
+            row.append(f"{label} ({p['probabilities'][p['label']]:.2f})")
         if years:
             row.append("-" if r.get("age_years") is None else f"{r['age_years']:.1f}")
         rows.append(row)

@@ -25,8 +25,8 @@ import numpy as np
 
 from ff_keras import labels
 from ff_keras.data.crops import fairface_val_crops
-from ff_keras.inference.predictor import argmax_agreement, load_images, softmax
-from ff_keras.model_info import ModelInfo, load_info, onnx_metadata, save_info
+from ff_keras.inference.predictor import LOG_EPS, apply_logit_bias, argmax_agreement, load_images, softmax
+from ff_keras.model_info import ModelInfo, check_ambiguity, load_info, onnx_metadata, save_info
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ KERAS_ATOL = 1e-6  # same graph, same runtime: only serialisation can differ
 EXPORT_ATOL = 1e-4  # other runtimes (TF graph, ONNX Runtime) reorder float ops
 OPSET = 17
 N_PARITY = 64
-LOG_EPS = 1e-12  # probabilities are clipped here before a log, as ``evaluation.calibration`` does
 
 
 class ParityError(AssertionError):
@@ -349,6 +348,61 @@ def add_output_temperature(proto: Any, temperatures: dict[str, float]) -> Any:
     return out
 
 
+def add_logit_bias(proto: Any, logit_bias: dict[str, dict]) -> Any:
+    """Each head's final probabilities adjusted as ``softmax(log p + b)``.
+
+    ``logit_bias[head] = {"bias": [C]}`` or ``{"by": other_head, "bias": [G, C]}``: then the row of
+    ``bias`` is picked per face by the argmax of ``other_head`` as it was before any bias step
+    (e.g. race biases conditioned on the predicted gender: Latino men and Middle Eastern women are
+    confused with different races). Numpy twin: ``predictor.apply_logit_bias``.
+    """
+    from onnx import TensorProto, helper
+
+    out = copy.deepcopy(proto)
+    graph = out.graph
+    inner = _rename_outputs(graph, list(logit_bias), "/unbiased")
+    nodes = [helper.make_node("Constant", [], ["bias/eps"], value=helper.make_tensor(
+        "bias/eps", TensorProto.FLOAT, [], [LOG_EPS]))]
+    for head, spec in logit_bias.items():
+        b = np.asarray(spec["bias"], np.float32)
+        nodes += [
+            helper.make_node("Constant", [], [f"bias/{head}_b"], value=helper.make_tensor(
+                f"bias/{head}_b", TensorProto.FLOAT, list(b.shape), b.reshape(-1).tolist())),
+            helper.make_node("Max", [inner[head], "bias/eps"], [f"bias/{head}_clipped"]),
+            helper.make_node("Log", [f"bias/{head}_clipped"], [f"bias/{head}_log"]),
+        ]
+        added = f"bias/{head}_b"
+        if spec.get("by"):
+            by = inner.get(spec["by"], spec["by"])
+            nodes += [
+                helper.make_node("ArgMax", [by], [f"bias/{head}_by"], axis=-1, keepdims=0),
+                helper.make_node("Gather", [f"bias/{head}_b", f"bias/{head}_by"], [f"bias/{head}_rows"], axis=0),
+            ]
+            added = f"bias/{head}_rows"
+        nodes += [
+            helper.make_node("Add", [f"bias/{head}_log", added], [f"bias/{head}_z"]),
+            helper.make_node("Softmax", [f"bias/{head}_z"], [head], axis=-1),
+        ]
+    graph.node.extend(nodes)
+    return out
+
+
+def check_logit_bias(logit_bias: dict[str, dict], info: ModelInfo) -> None:
+    """Raises ``ValueError`` naming the head when a bias does not fit the model's heads and classes."""
+    for head, spec in logit_bias.items():
+        if head not in info.heads:
+            raise ValueError(f"logit bias for unknown head {head!r}; the model's heads are {info.heads}")
+        by = spec.get("by")
+        if by is not None and (by not in info.heads or by == head):
+            raise ValueError(f"logit bias of {head}: 'by' must be another head of {info.heads}, got {by!r}")
+        want = (len(info.classes[by]), len(info.classes[head])) if by else (len(info.classes[head]),)
+        shape = np.shape(spec.get("bias"))
+        if shape != want:
+            raise ValueError(f"logit bias of {head}: expected a bias of shape {list(want)}, got {list(shape)}")
+        if not np.isfinite(np.asarray(spec["bias"], float)).all():
+            raise ValueError(f"logit bias of {head} has non-finite values")
+
+
 def prior_correction_weights(prior: Sequence[float], tau: float) -> list[float]:
     """``prior ** -tau`` scaled to mean 1 (the scale cancels in the renormalisation)."""
     if tau < 0:
@@ -361,7 +415,7 @@ def prior_correction_weights(prior: Sequence[float], tau: float) -> list[float]:
 
 
 def adjusted_reference(predictor, images: np.ndarray, flip: bool, weights: dict[str, Sequence[float]],
-                       temperatures: dict[str, float] | None = None) -> dict:
+                       temperatures: dict[str, float] | None = None, logit_bias: dict[str, dict] | None = None) -> dict:
     """What the adjusted graph must return, computed with the source model in numpy."""
     out = predictor.predict(images)
     if flip:
@@ -372,6 +426,10 @@ def adjusted_reference(predictor, images: np.ndarray, flip: bool, weights: dict[
         out[head] = p / p.sum(-1, keepdims=True)
     for head, t in (temperatures or {}).items():
         out[head] = softmax(np.log(np.clip(out[head], LOG_EPS, 1.0)), t)
+    before = dict(out)  # conditioning heads are read before any bias step, as in the graph
+    for head, spec in (logit_bias or {}).items():
+        by = before[spec["by"]].argmax(-1) if spec.get("by") else None
+        out[head] = apply_logit_bias(before[head], spec["bias"], by)
     return out
 
 
@@ -384,10 +442,12 @@ def check_untempered(src: str | Path, info: ModelInfo) -> None:
 
 def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, images: np.ndarray, *,
                         flip: bool = False, prior_weights: dict[str, Sequence[float]] | None = None,
-                        temperatures: dict[str, float] | None = None) -> dict:
-    """Writes ``src`` with flip TTA, prior correction and/or output temperatures to ``dst``
-    (metadata updated), checked against the source model run in numpy on real faces (raises
-    ParityError). Returns the parity report; the adjusted sidecar is ``adjusted_info(info, ...)``."""
+                        temperatures: dict[str, float] | None = None, logit_bias: dict[str, dict] | None = None,
+                        ambiguity: dict[str, float] | None = None) -> dict:
+    """Writes ``src`` with flip TTA, prior correction, output temperatures and/or logit biases (in
+    that order) to ``dst`` (metadata updated, ``ambiguity`` thresholds included), checked against
+    the source model run in numpy on real faces (raises ParityError). Returns the parity report;
+    the adjusted sidecar is ``adjusted_info(info, ...)``."""
     import onnx
     from ff_keras.inference.predictor import OnnxPredictor
 
@@ -405,9 +465,14 @@ def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, image
         check_untempered(src, info)
     if [h for h in temperatures if h not in info.heads]:
         raise ValueError(f"temperatures for {sorted(temperatures)} do not match the model's heads {info.heads}")
+    logit_bias = dict(logit_bias or {})
+    check_logit_bias(logit_bias, info)
+    if [h for h in logit_bias if h in info.logit_bias]:
+        raise ValueError(f"{src} already applies logit biases to {sorted(info.logit_bias)}")
+    check_ambiguity(dict(ambiguity or {}), info.heads, "ambiguity")
     source = OnnxPredictor(src, replace(info, outputs="probabilities"))
     images = images.astype(np.float32)
-    reference = adjusted_reference(source, images, flip, prior_weights, temperatures)
+    reference = adjusted_reference(source, images, flip, prior_weights, temperatures, logit_bias)
     proto = onnx.load(str(src))
     if flip:
         proto = add_flip_tta(proto)
@@ -415,8 +480,10 @@ def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, image
         proto = add_prior_correction(proto, prior_weights)
     if temperatures:
         proto = add_output_temperature(proto, temperatures)
+    if logit_bias:
+        proto = add_logit_bias(proto, logit_bias)
     onnx.checker.check_model(proto, full_check=True)
-    new_info = adjusted_info(info, flip, prior_weights, temperatures)
+    new_info = adjusted_info(info, flip, prior_weights, temperatures, logit_bias, ambiguity)
     onnx.helper.set_model_props(proto, onnx_metadata(new_info))
     onnx.save(proto, str(dst))
     got = OnnxPredictor(dst, new_info).predict(images)
@@ -424,12 +491,18 @@ def write_adjusted_onnx(src: str | Path, dst: str | Path, info: ModelInfo, image
 
 
 def adjusted_info(info: ModelInfo, flip: bool, prior_weights: dict[str, Sequence[float]],
-                  temperatures: dict[str, float] | None = None) -> ModelInfo:
+                  temperatures: dict[str, float] | None = None, logit_bias: dict[str, dict] | None = None,
+                  ambiguity: dict[str, float] | None = None) -> ModelInfo:
     """The sidecar of an adjusted copy; output temperatures become ``temperature``, which is what
-    evaluation divides out to report calibration before and after."""
+    evaluation divides out to report calibration before and after. New ``ambiguity`` thresholds
+    replace the source's (they belong to the outputs they were fitted on)."""
+    bias = {h: {"by": spec.get("by"), "bias": np.asarray(spec["bias"], float).tolist()}
+            for h, spec in (logit_bias or {}).items()}
     return replace(info, outputs="probabilities", tta="flip" if flip else info.tta,
                    prior_correction={**info.prior_correction, **{h: list(w) for h, w in prior_weights.items()}},
-                   temperature={**info.temperature, **(temperatures or {})})
+                   temperature={**info.temperature, **(temperatures or {})},
+                   logit_bias={**info.logit_bias, **bias},
+                   ambiguity=dict(info.ambiguity if ambiguity is None else ambiguity))
 
 
 # === Whole pipeline ===

@@ -43,11 +43,28 @@ def load_images(paths: Iterable[str | Path], size: int) -> np.ndarray:
     return np.stack(arrays)
 
 
+LOG_EPS = 1e-12  # probabilities are clipped here before a log (as ``evaluation.calibration`` does)
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = logits.astype(np.float64) / temperature
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def apply_logit_bias(p: np.ndarray, bias: np.ndarray | Sequence, by: np.ndarray | None = None) -> np.ndarray:
+    """``softmax(log p + b)``: post-network logit adjustment of probabilities ``p`` [N, C].
+
+    ``bias`` is [C], or [G, C] with one row picked per face by the class ids ``by`` [N] of another
+    head (e.g. race biases conditioned on the predicted gender). ``export.add_logit_bias`` writes
+    the same step into an ONNX graph.
+    """
+    b = np.asarray(bias, np.float64)
+    z = np.log(np.clip(p.astype(np.float64), LOG_EPS, 1.0)) + (b if by is None else b[by])
+    z -= z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 class Predictor:
@@ -103,18 +120,29 @@ class Predictor:
         return out
 
     def labels_from_probs(self, probs: dict[str, np.ndarray]) -> list[dict[str, dict]]:
-        """Probabilities per head -> one ``{head: {"label", "probabilities": {class: p}}}`` per image."""
+        """Probabilities per head -> one ``{head: {"label", "probabilities": {class: p}}}`` per image.
+
+        For heads with an ambiguity threshold in the sidecar (``ModelInfo.ambiguity``), each head
+        also carries ``ambiguous`` (top probability below the threshold) and ``runner_up``
+        (``{"label", "probability"}`` of the second class): the service, the CLI and the demo page
+        all read the flag from here.
+        """
         n = len(next(iter(probs.values())))
+        thresholds = self.info.ambiguity
         results = []
         for i in range(n):
             item = {}
             for head in self.heads:
                 names = self.info.classes[head]
                 p = probs[head][i]
+                first, second = np.argsort(-p, kind="stable")[:2]
                 item[head] = {
-                    "label": names[int(np.argmax(p))],
+                    "label": names[int(first)],
                     "probabilities": {name: float(v) for name, v in zip(names, p)},
                 }
+                if head in thresholds:
+                    item[head]["ambiguous"] = bool(p[first] < thresholds[head])
+                    item[head]["runner_up"] = {"label": names[int(second)], "probability": float(p[second])}
             results.append(item)
         return results
 

@@ -14,9 +14,19 @@ from pydantic import BaseModel, Field
 from ff_keras.faces.framing import STATUSES
 
 
+class RunnerUp(BaseModel):
+    label: str = Field(description="second most probable class name")
+    probability: float
+
+
 class HeadPrediction(BaseModel):
     label: str = Field(description="top class name")
     probabilities: dict[str, float] = Field(description="probability per class name, summing to 1")
+    ambiguous: bool | None = Field(
+        None, description="true when the top probability is under the head's threshold (model_info.json "
+        "ambiguity, chosen on val for a stated accuracy of answered faces): read it as 'label or runner_up'; "
+        "null when the model has no threshold for this head")
+    runner_up: RunnerUp | None = Field(None, description="the second class; null when the model has no threshold")
 
 
 class Framing(BaseModel):
