@@ -27,6 +27,7 @@ from ff_keras.evaluation import groups, report
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.evaluation.run import predict_rows
 from ff_keras.inference.predictor import load_predictor
+from ff_keras.machine import write_result
 from ff_keras.splits.build import load_split
 
 
@@ -183,7 +184,7 @@ def head_study(embed_path: Path, manifests: str, out: Path) -> dict:
                     rows.append({"head": head, "variant": name, "post-hoc": step, "half": half,
                                  **{key: round(float(sm[key]), 4) for key in HEAD_KEYS[head]}})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "heads.json").write_text(json.dumps(rows, indent=1))
+    write_result(out / "heads.json", rows, indent=1)
     blocks = [("h1", "Linear heads refitted on cached embeddings (base train rows, 14,668 FairFace) vs. release 4's"),
               ("p", "Features: the 256-d input of the heads (embed_relu) of release 4's network recovered in Keras; "
                     "val with flip TTA; post-hoc steps fitted on the fit half. Only the listed head changes; the "
@@ -304,7 +305,7 @@ def selective_report(cache_path: Path, split: str, manifests: str, model: str, o
                    ("table", groups.selective_table(result[head]["by_race"], "true race")),
                    ("table", groups.selective_table(result[head]["by_age"], "true age bin"))]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "selective.json").write_text(json.dumps(result, indent=1))
+    write_result(out / "selective.json", result, indent=1)
     text = report.to_markdown(blocks)
     (out / "selective.md").write_text(text)
     return text
@@ -352,14 +353,14 @@ def run_study(cache_path: Path, manifests: str, out: Path, costs: list[float]) -
                                        result["candidates"][n]["confirm"]["race_accuracy"]), default=None)
     result["decision"] = {"passing": passing, "selected": best}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(result, indent=1))
+    write_result(out / "study.json", result, indent=1)
     bg = result["candidates"]["race bias | gender"]["params"]["race_by_gender"]
-    (out / "race_bias_by_gender.json").write_text(json.dumps({"race": {"by": "gender", "bias": bg}}, indent=1))
+    write_result(out / "race_bias_by_gender.json", {"race": {"by": "gender", "bias": bg}}, machine=False, indent=1)
     model = str(np.load(cache_path)["model"])
     provenance = f"outputs of {model} on the fit half of FairFace val ({result['fit_rows']} rows, seed 29)"
-    (out / "ambiguity.json").write_text(json.dumps({
+    write_result(out / "ambiguity.json", {
         h: {"threshold": a["threshold"], "target_accuracy_answered": a["target"], "fitted_on": provenance,
-            "confirm_half": a["confirm"]} for h, a in result["ambiguity"].items()}, indent=1))
+            "confirm_half": a["confirm"]} for h, a in result["ambiguity"].items()}, machine=False, indent=1)
     (out / "study.md").write_text(report.to_markdown(study_blocks(result)))
     return result
 
