@@ -63,6 +63,7 @@ PRODUCED = {
     "~/ff_runs/recovered": "python scripts/convert_weights.py onnx --input models/ff_dlib_resnet150.onnx",
     "artifacts/release4/model.onnx": "dlib_extended-v7h0/best/model.keras --out artifacts/release4",
     "artifacts/release4_adjusted/model.onnx": "--out artifacts/release4_adjusted --flip-tta",
+    "~/ff_runs/i29/embed.npz": "group_selection.py embed",
 }
 DEFAULT_DATA_ROOT = "../shared/data"
 # Data the user brings from outside the repository, and the source the docs must name for it.
