@@ -1,4 +1,4 @@
-"""Issue 29 study: group-aware post-network steps and ambiguity thresholds for the shipped model.
+"""Group-aware post-network steps and ambiguity thresholds for the shipped model.
 
     python studies/group_selection.py cache --model models/ff_dlib_resnet150.onnx \
         --split val --out ~/ff_runs/i29/val.npz
@@ -368,7 +368,7 @@ def run_study(cache_path: Path, manifests: str, out: Path, costs: list[float]) -
 def study_blocks(result: dict) -> list:
     """The study as report blocks: rule table, frontier, ambiguity tables."""
     blocks = [
-        ("h1", "Issue 29: group-aware selection on FairFace val (fit half -> confirm half)"),
+        ("h1", "Group-aware selection on FairFace val (fit half -> confirm half)"),
         ("p", f"{result['rows']} val rows: fit half {result['fit_rows']}, confirm half {result['confirm_rows']} "
               "(stratified by race x gender x age bin, seed 29). Parameters are fitted on the fit half only. "
               "Bold: a target of reports/release5_rule.md that fails. Age bins held to the rule: "

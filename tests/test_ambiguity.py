@@ -1,4 +1,4 @@
-"""Issue 29 end to end: logit biases inside the ONNX graph and the ``ambiguous`` answer, through the
+"""End to end: logit biases inside the ONNX graph and the ``ambiguous`` answer, through the
 predictor, ONNX metadata, scripts/adjust_onnx.py, scripts/predict.py, the service and the demo page.
 
 One tiny real export (32 px ResNet-18, real ONNX Runtime) gets a race bias per predicted gender and
