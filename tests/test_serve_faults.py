@@ -254,14 +254,15 @@ def test_requests_past_the_concurrency_limit_get_a_json_503(model, tmp_path):
             for s in stalled:
                 s.sendall(head)
             time.sleep(0.5)
-            r = httpx.get(f"{url}/health")
+            r = httpx.get(f"{url}/metadata")
             assert r.status_code == 503, r.text
             assert "retry" in r.json()["detail"] and r.headers["retry-after"] == "1"
+            assert httpx.get(f"{url}/health").status_code == 200  # readiness probes are never refused
         finally:
             for s in stalled:
                 s.close()
         for _ in range(50):  # the server notices the closed uploads within moments
-            if (r := httpx.get(f"{url}/health")).status_code == 200:
+            if (r := httpx.get(f"{url}/metadata")).status_code == 200:
                 break
             time.sleep(0.1)
         assert r.status_code == 200

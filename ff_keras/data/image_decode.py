@@ -229,6 +229,7 @@ def _decode_open(im, name, fmt, max_pixels, min_side, keep, budget, limits: Shap
     dw, dh = im.size
     if budget is not None:
         budget.take(dw * dh, name)
+    im.load()  # decoder errors surface here, as the file's (PNG's getexif would load inside the try below)
     warnings = []
     try:
         orientation = int(im.getexif().get(0x0112, 1))
