@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="detect faces on a copy of at most this many pixels")
     ap.add_argument("--decode-threads", type=int, default=d.decode_threads,
                     help="images decoded and searched for faces at once, per worker")
+    ap.add_argument("--light-max-pixels", type=int, default=d.light_max_pixels,
+                    help="images this small sent without detect get one more decode thread of their own")
     ap.add_argument("--detector", default=d.detector, choices=sorted(DETECTOR_ALIASES),
                     help=f"face detector for ?detect=true; 'dlib' = dlib HOG; 'none' = the whole image is one "
                     f"face (default {d.detector})")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             max_side=args.max_side, max_aspect=args.max_aspect, max_jpeg_scans=args.max_jpeg_scans,
             max_request_faces=args.max_request_faces, max_connections=args.max_connections,
             body_timeout_s=args.body_timeout_s, body_min_rate=args.body_min_rate,
-            drain_timeout_s=args.drain_timeout_s,
+            drain_timeout_s=args.drain_timeout_s, light_max_pixels=args.light_max_pixels,
             decode_threads=args.decode_threads, batching=not args.no_batching, max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, threads=args.threads, ort_spinning=args.ort_spinning,
             detector=args.detector, framing_check=not args.no_framing_check,

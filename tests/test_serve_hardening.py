@@ -113,8 +113,9 @@ def test_padded_retries_work_on_a_reduced_copy():
 
 
 def test_stalled_and_trickling_uploads_are_cut_off(server, face):
-    """Six uploads that stop after 100 bytes and two that trickle hold all 8 slots: /health is
-    still answered, and each slow upload gets a JSON 408 after about the body timeout (1 s)."""
+    """Six uploads that stop after 100 bytes and two that trickle, as many as the 8 slots: they
+    hold none (a slot is taken once a body is in), /health and /predict are answered meanwhile,
+    and each slow upload gets a JSON 408 after about the body timeout (1 s)."""
     port = _port(server)
     socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
     try:
@@ -122,7 +123,8 @@ def test_stalled_and_trickling_uploads_are_cut_off(server, face):
         for s in socks:
             s.sendall(_upload_head(100_000) + b"--b\r\n" + b"x" * 95)
         time.sleep(0.3)
-        assert httpx.get(f"{server}/health").status_code == 200  # not starved by the held slots
+        assert httpx.get(f"{server}/health").status_code == 200
+        assert httpx.post(f"{server}/predict", files={"file": ("ok.jpg", face)}).status_code == 200
         for _ in range(6):  # the last two trickle a byte every 0.25 s: far under 1000 bytes/s
             for s in socks[-2:]:
                 try:

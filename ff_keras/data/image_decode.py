@@ -137,6 +137,18 @@ def decode_image(
         raise ImageError(f"{name}: {fmt} data is truncated or corrupt ({detail})", 422) from err
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an allowed format's header, decoding nothing; None if unreadable."""
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - decode_image reports what is wrong; this only routes the upload
+        return None
+
+
 @dataclass(frozen=True)
 class ShapeLimits:
     """What an image may cost beyond its pixel count: sides and scans, checked before decoding."""

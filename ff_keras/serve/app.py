@@ -7,7 +7,9 @@ for ``.keras`` / SavedModel models and for the MTCNN detector.
 
 Uploads are decoded in a fixed pool of ``decode_threads`` threads: that bounds how many
 images are decoded (and faces detected) at once, each pool thread keeps its own detector, and
-one slow photo occupies one thread while the others keep answering. Large JPEGs are decoded
+one slow photo occupies one thread while the others keep answering. Small images sent without
+``detect`` (at most ``light_max_pixels``, from the header: face crops) have one more thread of
+their own, so they never queue behind large photos and crowds. Large JPEGs are decoded
 at reduced scale and large PNG/WebP reduced right after decoding (``image_decode``), faces
 are detected (and the framing checked) on a copy of at most ``detect_max_pixels``, each
 request may decode at most ``max_request_pixels`` and send at most ``max_request_faces``
@@ -44,7 +46,7 @@ from ff_keras.faces.detect import DEFAULT_DETECTOR, DETECTORS
 from ff_keras.faces.framing import OK_SCALE, Framing, check_framing
 from ff_keras.data.image_decode import (
     FORMATS, MAX_ASPECT, MAX_JPEG_SCANS, MAX_PIXELS, MAX_SIDE, MIN_SIDE, DecodedImage, ImageError, PixelBudget,
-    ShapeLimits, decode_image,
+    ShapeLimits, decode_image, image_size,
 )
 from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
@@ -69,7 +71,8 @@ FramingCheck = Callable[[np.ndarray], Framing]
 _POSITIVE_SETTINGS = ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_request_pixels",
                       "detect_max_pixels", "max_files", "decode_threads", "max_batch", "max_head_bytes",
                       "limit_concurrency", "max_side", "max_jpeg_scans", "max_request_faces", "max_connections",
-                      "body_timeout_s", "body_min_rate", "drain_timeout_s", "head_timeout_s", "keep_alive_s")
+                      "body_timeout_s", "body_min_rate", "drain_timeout_s", "head_timeout_s", "keep_alive_s",
+                      "light_max_pixels")
 
 
 @dataclass
@@ -88,6 +91,7 @@ class ServeSettings:
     max_files: int = 16
     max_request_faces: int = 256  # faces one request may send to the model (413 for the files past it)
     decode_threads: int = 2  # images decoded / faces detected at once per worker
+    light_max_pixels: int = 1_000_000  # ... plus one thread for images this small sent without detect
     batching: bool = True
     max_batch: int = 32
     max_wait_ms: float = 5.0
@@ -220,7 +224,33 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _internal_error)
 
 
-def _lifespan(batcher: MicroBatcher, pool: ThreadPoolExecutor, drain: DrainState):
+@dataclass
+class DecodePools:
+    """``heavy`` decodes everything but small images sent without detection, which ``light``
+    takes (it also reads every upload's header to choose): crops never wait behind crowds."""
+
+    heavy: ThreadPoolExecutor
+    light: ThreadPoolExecutor
+
+    def shutdown(self) -> None:
+        for pool in (self.heavy, self.light):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+# Heavy decode threads' nice value: under CPU contention the kernel serves the event loop, the
+# light decode thread and the model thread first, so large photos and crowds slow down before crops do.
+HEAVY_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Pool initializer: this thread (Linux priorities are per thread) runs at ``HEAVY_NICE``."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HEAVY_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the rest
+        pass
+
+
+def _lifespan(batcher: MicroBatcher, pools: DecodePools, drain: DrainState):
     """The micro-batcher runs while the app does; the decode pool goes with it. SIGTERM starts
     the drain (uvicorn installs its signal handlers before the lifespan starts)."""
 
@@ -230,7 +260,7 @@ def _lifespan(batcher: MicroBatcher, pool: ThreadPoolExecutor, drain: DrainState
         drain_on_sigterm(drain)
         yield
         await batcher.stop()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pools.shutdown()
 
     return lifespan
 
@@ -302,27 +332,24 @@ def _responses(
     return out
 
 
-def _cap_faces(uploads: list[UploadFile], per_image: list, max_faces: int) -> list:
-    """Files whose faces would take the request past ``max_faces`` become 413 errors (in order:
-    the first files are answered), so one request cannot occupy the model with thousands."""
-    left, out = max_faces, []
-    for upload, item in zip(uploads, per_image):
-        if not isinstance(item, ImageError):
-            n = len(item[2])
-            if n > left:
-                item = ImageError(
-                    f"{upload.filename or 'upload'}: {n} faces found, over this request's limit of {max_faces} "
-                    f"faces ({left} left); send it in a separate request", 413,
-                )
-            else:
-                left -= n
-        out.append(item)
-    return out
+def _over_face_limit(upload: UploadFile, found: int | None, max_faces: int) -> ImageError:
+    """The 413 for a file that takes its request past ``max_faces`` faces (``found`` None: a file
+    after that one, refused without being decoded), so one request cannot hog the model."""
+    name = upload.filename or "upload"
+    what = f"{found} faces found, taking" if found is not None else "not processed: an earlier file took"
+    return ImageError(f"{name}: {what} this request over its limit of {max_faces} faces; send it in a separate "
+                      "request", 413)
+
+
+def _is_small(data: bytes, max_pixels: int) -> bool:
+    """Whether an upload's header says it has at most ``max_pixels`` (False when unreadable)."""
+    size = image_size(data)
+    return size is not None and size[0] * size[1] <= max_pixels
 
 
 def _prediction_routes(
     app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
-    face_pipeline: FacePipeline | None, pool: ThreadPoolExecutor, errors: dict,
+    face_pipeline: FacePipeline | None, pools: DecodePools, errors: dict,
 ) -> None:
     """``/predict`` and ``/predict/batch``: both go through one path, so a single image and a
     batch get the same limits, errors and results."""
@@ -341,6 +368,9 @@ def _prediction_routes(
             data = await _read_upload(upload, settings.max_upload_bytes)
             loop = asyncio.get_running_loop()
             framing = framing_check if check_framing else None
+            light = not (detect and face_pipeline is not None) and await loop.run_in_executor(
+                pools.light, _is_small, data, settings.light_max_pixels)
+            pool = pools.light if light else pools.heavy
             return await loop.run_in_executor(pool, decode, data, name, detect, budget, framing)
         except ImageError as err:
             return err
@@ -349,8 +379,17 @@ def _prediction_routes(
         uploads: list[UploadFile], detect: bool, check_framing: bool
     ) -> list[schemas.PredictResponse | ImageError]:
         budget = PixelBudget(settings.max_request_pixels)
-        per_image = [await one_image(u, detect, budget, check_framing) for u in uploads]
-        per_image = _cap_faces(uploads, per_image, settings.max_request_faces)
+        per_image, faces_left = [], settings.max_request_faces
+        for upload in uploads:
+            if faces_left < 0:  # the face limit was broken by an earlier file: the rest are not decoded
+                per_image.append(_over_face_limit(upload, None, settings.max_request_faces))
+                continue
+            item = await one_image(upload, detect, budget, check_framing)
+            if not isinstance(item, ImageError):
+                faces_left -= len(item[2])
+                if faces_left < 0:
+                    item = _over_face_limit(upload, len(item[2]), settings.max_request_faces)
+            per_image.append(item)
         ok = [p for p in per_image if not isinstance(p, ImageError)]
         batch = np.concatenate([chips for _, _, chips in ok]) if ok else np.zeros((0, size, size, 3), np.float32)
         results = predictor.results_from_probs(await batcher.predict(batch)) if len(batch) else []
@@ -407,7 +446,7 @@ def _limits(settings: ServeSettings) -> schemas.Limits:
         body_min_rate=settings.body_min_rate, max_head_bytes=settings.max_head_bytes,
         head_timeout_s=settings.head_timeout_s, keep_alive_s=settings.keep_alive_s,
         limit_concurrency=settings.limit_concurrency, max_connections=settings.max_connections,
-        drain_timeout_s=settings.drain_timeout_s,
+        drain_timeout_s=settings.drain_timeout_s, light_max_pixels=settings.light_max_pixels,
     )
 
 
@@ -479,9 +518,14 @@ def create_app(
     face_pipeline = _resolve_face_pipeline(settings, face_pipeline)
     predictor = predictor or load_checked_predictor(settings)
     batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)
-    pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="ff-decode")
+    pools = DecodePools(
+        ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="ff-decode", initializer=_lower_priority),
+        ThreadPoolExecutor(1, thread_name_prefix="ff-decode-light"),
+    )
     if face_pipeline is not None and settings.detector in DETECTORS:
-        _warm_pool(pool, settings.decode_threads, settings.detector)
+        # Light first: thread pools the detector's runtime starts then keep the normal priority.
+        _warm_pool(pools.light, 1, settings.detector)
+        _warm_pool(pools.heavy, settings.decode_threads, settings.detector)
     # Pillow's own bomb guard (it raises above twice this) backs up the header check in ``decode_image``.
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
 
@@ -490,7 +534,7 @@ def create_app(
         title="ff_keras face attributes",
         description="Age (9 bins), gender and race (7 classes) from face photos. " + predictor.info.input_contract,
         version=predictor.info.version,
-        lifespan=_lifespan(batcher, pool, drain),
+        lifespan=_lifespan(batcher, pools, drain),
         # "/health/" is a 404, not a redirect built from the client's Host header.
         redirect_slashes=False,
     )
@@ -501,7 +545,7 @@ def create_app(
     app.add_middleware(Drain, state=drain)  # outermost: added last
     errors = {c: {"model": schemas.ErrorResponse} for c in (400, 413, 415, 422)}
     _error_handlers(app)
-    _prediction_routes(app, settings, predictor, batcher, face_pipeline, pool, errors)
+    _prediction_routes(app, settings, predictor, batcher, face_pipeline, pools, errors)
     _info_routes(app, settings, predictor, batcher, face_pipeline)
     return app
 

@@ -2,11 +2,12 @@
 drain and connection-level timeouts.
 
 ``ConcurrencyLimit`` answers 503 in the service's JSON error shape, with ``Retry-After``, once a
-worker holds its limit of requests in flight; ``/health`` is never refused by it (a readiness
-probe must not fail because uploads are slow). ``BodyLimit`` is ASGI middleware that counts
-body bytes as they arrive, so a chunked or lying upload is cut off at the limit instead of
-being spooled to disk by the multipart parser first, and gives the body a deadline (a time
-allowance plus a minimum rate), so uploads that stall or trickle free their slot with a 408.
+worker holds its limit of requests in flight; a request with a body counts once its body is in,
+and ``/health`` is never refused (a readiness probe must not fail because uploads are slow).
+``BodyLimit`` is ASGI middleware that counts body bytes as they arrive, so a chunked or lying
+upload is cut off at the limit instead of being spooled to disk by the multipart parser first,
+and gives the body a deadline (a time allowance plus a minimum rate), so uploads that stall or
+trickle are answered 408 and closed.
 ``Drain`` answers requests that arrive once shutdown has begun with a JSON 503 and gives the
 ones in flight ``drain_timeout_s`` to finish. ``GuardedHttpToolsProtocol`` is uvicorn's HTTP
 protocol with the limits it lacks: a request head (request line + headers) must arrive within
@@ -36,10 +37,6 @@ Send = Callable[[Message], Awaitable[None]]
 HEALTH_PATHS = ("/health",)
 
 
-class _BodyRefused(Exception):
-    """Raised out of ``receive`` to stop the app reading a body that broke a limit."""
-
-
 async def send_json_error(send: Send, status: int, detail: str, close: bool = False,
                           retry_after_s: int | None = None) -> None:
     """A ``{"detail": ...}`` response, the service's one error shape, sent at the ASGI level."""
@@ -53,8 +50,54 @@ async def send_json_error(send: Send, status: int, detail: str, close: bool = Fa
     await send({"type": "http.response.body", "body": body})
 
 
+class _Refusal(Exception):
+    """Raised out of ``receive`` to stop the app reading a body; becomes one JSON error."""
+
+    def __init__(self, status: int, detail: str, retry_after_s: int | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.retry_after_s = status, detail, retry_after_s
+
+
+async def _serve_or_refuse(app: Callable, scope: Scope, receive: Receive, send: Send) -> None:
+    """Runs ``app``; if ``receive`` raises a ``_Refusal`` (the app may catch and rewrap it, as
+    FastAPI's form parser does), the app's own answer is dropped and the refusal is sent."""
+    refusal: _Refusal | None = None
+    started = False
+
+    async def guarded_receive() -> Message:
+        nonlocal refusal
+        try:
+            return await receive()
+        except _Refusal as r:
+            refusal = r
+            raise
+
+    async def guarded_send(msg: Message) -> None:
+        nonlocal started
+        if refusal is None:
+            started = True
+            await send(msg)
+
+    try:
+        await app(scope, guarded_receive, guarded_send)
+    except _Refusal:
+        pass
+    if refusal is not None and not started:
+        await send_json_error(send, refusal.status, refusal.detail, close=True, retry_after_s=refusal.retry_after_s)
+
+
+def _has_body(scope: Scope) -> bool:
+    headers = dict(scope["headers"])
+    return headers.get(b"content-length", b"0") not in (b"", b"0") or b"transfer-encoding" in headers
+
+
 class ConcurrencyLimit:
-    """Answers 503 while ``max_requests`` HTTP requests are already being handled by this worker."""
+    """Answers 503 while ``max_requests`` HTTP requests are already being handled by this worker.
+
+    A request with a body takes its slot once the body is in, not while it arrives: uploads that
+    stall or trickle (bounded by ``BodyLimit``'s deadline and the connection cap) cannot hold the
+    slots that decoding and the model need. ``/health`` is never refused.
+    """
 
     def __init__(self, app: Callable, max_requests: int):
         # ``ServeSettings`` refuses limits below 1 at start-up; Starlette builds middleware lazily,
@@ -63,17 +106,34 @@ class ConcurrencyLimit:
         self.max_requests = max_requests
         self.in_flight = 0  # one event loop per worker: no lock needed
 
+    def _busy(self) -> _Refusal:
+        detail = f"server busy: {self.max_requests} requests already in progress on this worker; retry shortly"
+        return _Refusal(503, detail, retry_after_s=1)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in HEALTH_PATHS:
             return await self.app(scope, receive, send)
-        if self.in_flight >= self.max_requests:
-            detail = f"server busy: {self.max_requests} requests already in progress on this worker; retry shortly"
-            return await send_json_error(send, 503, detail, retry_after_s=1)
-        self.in_flight += 1
+        holding = False
+        if not _has_body(scope):
+            if self.in_flight >= self.max_requests:
+                busy = self._busy()
+                return await send_json_error(send, 503, busy.detail, retry_after_s=1)
+            self.in_flight, holding = self.in_flight + 1, True
+
+        async def slot_receive() -> Message:
+            nonlocal holding
+            msg = await receive()
+            if not holding and msg["type"] == "http.request" and not msg.get("more_body", False):
+                if self.in_flight >= self.max_requests:
+                    raise self._busy()
+                self.in_flight, holding = self.in_flight + 1, True
+            return msg
+
         try:
-            await self.app(scope, receive, send)
+            await _serve_or_refuse(self.app, scope, slot_receive, send)
         finally:
-            self.in_flight -= 1
+            if holding:
+                self.in_flight -= 1
 
 
 class BodyLimit:
@@ -95,40 +155,26 @@ class BodyLimit:
             return await send_json_error(send, 413, f"{message} (Content-Length {int(length)})", close=True)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        received, refused, started, complete = 0, None, False, False
+        received, complete = 0, False
 
         async def counted_receive() -> Message:
-            nonlocal received, refused, complete
+            nonlocal received, complete
             if complete:  # the body is in: later receives wait for a disconnect, not for data
                 return await receive()
             left = start + self.timeout_s + received / self.min_rate - loop.time()
             try:
                 msg = await asyncio.wait_for(receive(), max(left, 0.0))
             except asyncio.TimeoutError:
-                refused = (408, f"request body too slow: {received} bytes in {loop.time() - start:.1f} s; the "
-                           f"limit is {self.timeout_s:g} s plus 1 s per {self.min_rate:g} bytes")
-                raise _BodyRefused from None
+                raise _Refusal(408, f"request body too slow: {received} bytes in {loop.time() - start:.1f} s; the "
+                               f"limit is {self.timeout_s:g} s plus 1 s per {self.min_rate:g} bytes") from None
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
                 complete = not msg.get("more_body", False)
                 if received > self.max_bytes:
-                    refused = (413, message)
-                    raise _BodyRefused
+                    raise _Refusal(413, message)
             return msg
 
-        async def guarded_send(msg: Message) -> None:
-            nonlocal started
-            if refused:  # the app's own answer to the aborted body is replaced by the 413 / 408
-                return
-            started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except _BodyRefused:
-            pass
-        if refused and not started:
-            await send_json_error(send, *refused, close=True)
+        await _serve_or_refuse(self.app, scope, counted_receive, send)
 
 
 class DrainState:

@@ -112,6 +112,8 @@ class Limits(BaseModel):
     limit_concurrency: int = Field(description="requests in flight per worker (503 past it; /health exempt)")
     max_connections: int = Field(description="open connections per worker (503 past it; /health exempt)")
     drain_timeout_s: float = Field(description="on shutdown, requests in flight get this long to finish (then 503)")
+    light_max_pixels: int = Field(description="images this small sent without detect have a decode thread of their "
+                                  "own (never queued behind large photos)")
 
 
 class MetadataResponse(BaseModel):
