@@ -523,9 +523,9 @@ def create_app(
         ThreadPoolExecutor(1, thread_name_prefix="ff-decode-light"),
     )
     if face_pipeline is not None and settings.detector in DETECTORS:
-        # Light first: thread pools the detector's runtime starts then keep the normal priority.
-        _warm_pool(pools.light, 1, settings.detector)
+        # Heavy first: thread pools the detector's runtime starts inherit the lower priority.
         _warm_pool(pools.heavy, settings.decode_threads, settings.detector)
+        _warm_pool(pools.light, 1, settings.detector)
     # Pillow's own bomb guard (it raises above twice this) backs up the header check in ``decode_image``.
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
 

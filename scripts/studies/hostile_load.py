@@ -139,10 +139,10 @@ async def soak(base: str, n: int, face: bytes, sample_every: int = 200) -> dict:
     bad = _bad_requests(face)
     samples = [(0, round(_rss_mb(pid), 1))]
     statuses: dict[str, int] = {}
-    sent = 0
+    sent = done = 0
 
     async def client(http: httpx.AsyncClient, k: int) -> None:
-        nonlocal sent
+        nonlocal sent, done
         i = k
         while sent < n:
             sent += 1
@@ -150,14 +150,15 @@ async def soak(base: str, n: int, face: bytes, sample_every: int = 200) -> dict:
             i += 4
             r = await http.post(f"{base}/predict", files={"file": (name, data)})
             statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
-            if sent % sample_every == 0:
-                samples.append((sent, round(_rss_mb(pid), 1)))
+            done += 1
+            if done % sample_every == 0:
+                samples.append((done, round(_rss_mb(pid), 1)))
 
     t = time.perf_counter()
     async with httpx.AsyncClient(timeout=60) as http:
         await asyncio.gather(*[client(http, k) for k in range(4)])
     rss = [r for _, r in samples]
-    return {"requests": sent, "wall_s": round(time.perf_counter() - t, 1), "statuses": statuses,
+    return {"requests": done, "wall_s": round(time.perf_counter() - t, 1), "statuses": statuses,
             "rss_mb_samples": samples, "rss_growth_after_first_200_mb": round(rss[-1] - rss[1], 1),
             "kinds_of_bad_file": len(bad)}
 
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict = {"model": str(args.model), "server": "scripts/serve.py with its defaults, 127.0.0.1",
                  "cpu_cores": len(os.sched_getaffinity(0))}
     with running_server(args.model, [], timeout=300, log_path=args.server_log) as base:
+        doc["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
         doc["hostile"] = asyncio.run(hostile_run(base, args.normal, data_root))
+        doc["load_average_after_hostile"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(doc["hostile"], indent=2), flush=True)
         if args.soak:
             doc["soak"] = asyncio.run(soak(base, args.soak, face))
