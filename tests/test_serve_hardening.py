@@ -324,7 +324,9 @@ def test_worker_that_cannot_reload_the_model_stops_the_service(model, tmp_path):
     port = free_port()
     cmd = [sys.executable, "scripts/serve.py", "--model", str(folder / "model.onnx"), "--port", str(port),
            "--workers", "2", "--detector", "none", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:  # its own session: every worker is stopped with it, whatever happens
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         pid = None
@@ -338,12 +340,15 @@ def test_worker_that_cannot_reload_the_model_stops_the_service(model, tmp_path):
         (folder / "model.onnx").unlink()  # the model goes away under a running service ...
         os.kill(pid, signal.SIGKILL)  # ... and then a worker dies
         t0 = time.monotonic()
-        _, err = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
         stopped_after = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # workers left behind (none when the service stops cleanly)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    err = log.read_text()
     assert proc.returncode == 3, err[-2000:]
     assert "model.onnx" in err and "stopped the service" in err, err[-2000:]
     assert err.count("cannot load the model") == 1, err[-3000:]  # one replacement tried, no respawn loop

@@ -10,6 +10,8 @@ row 2: 140 uploads that send 100 bytes of a 100 kB body and stall (reopened when
 row 4: a 6000 x 6000 progressive JPEG with 25,000 empty scans; row 5: a 6300 x 6300 flat PNG
 with the framing check; row 6: ``/predict/batch?detect=true`` with 16 photos of 144 faces.
 The normal client sends one FairFace crop to ``/predict`` (framing check on), one at a time.
+Before that, on a fresh server, row 5 alone: the peak RSS under two flat PNGs and a strip at once.
+The soak (after the attack, same server) sends the fault corpus's refused files and this round's.
 """
 
 from __future__ import annotations
@@ -163,6 +165,23 @@ async def soak(base: str, n: int, face: bytes, sample_every: int = 200) -> dict:
             "kinds_of_bad_file": len(bad)}
 
 
+async def flat_png_peak(base: str, rounds: int = 3) -> dict:
+    """Row 5 alone: two 6300 x 6300 flat PNGs and a 6000 x 300 strip at once (framing check on),
+    ``rounds`` times; the server's peak RSS before and after."""
+    pid = httpx.get(f"{base}/health").json()["pid"]
+    flat = encode(Image.new("RGB", (6300, 6300), (200, 190, 180)), "PNG", compress_level=9)
+    strip = encode(Image.new("RGB", (6000, 300), (200, 190, 180)), "PNG")
+    before = _rss_mb(pid, "VmHWM")
+    statuses = []
+    async with httpx.AsyncClient(timeout=300) as http:
+        for _ in range(rounds):
+            rs = await asyncio.gather(*[http.post(f"{base}/predict", files={"file": (n, d)}) for n, d in
+                                        (("flat1.png", flat), ("flat2.png", flat), ("strip.png", strip))])
+            statuses += [r.status_code for r in rs]
+    return {"requests": len(statuses), "statuses": statuses, "peak_rss_mb_after_startup": round(before, 1),
+            "peak_rss_mb": round(_rss_mb(pid, "VmHWM"), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=default_model())
@@ -177,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                  "cpu_cores": len(os.sched_getaffinity(0))}
     with running_server(args.model, [], timeout=300, log_path=args.server_log) as base:
         doc["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
+        doc["row5_alone"] = asyncio.run(flat_png_peak(base))
+        print(json.dumps(doc["row5_alone"], indent=2), flush=True)
+    with running_server(args.model, [], timeout=300, log_path=args.server_log) as base:
         doc["hostile"] = asyncio.run(hostile_run(base, args.normal, data_root))
         doc["load_average_after_hostile"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(doc["hostile"], indent=2), flush=True)
