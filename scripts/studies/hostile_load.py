@@ -130,7 +130,7 @@ def _bad_requests(face: bytes) -> list[tuple[str, bytes]]:
     files = [(n, d) for n, (d, e) in corpus(face).items() if e != 200]
     files += [("strip.jpg", encode(Image.new("RGB", (12000, 32), "gray"), "JPEG")),
               ("scans.jpg", progressive_jpeg_with_scans(300)),
-              ("garbage.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)]
+              ("garbage.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)]
     files += list(unusual_exif_jpegs().items())
     return files
 
