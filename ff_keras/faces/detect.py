@@ -40,6 +40,12 @@ ONET_THRESHOLD, RETRY_ONET_THRESHOLD = 0.9, 0.7
 # A second look searches for a face that fills the frame: at least this share of the shorter
 # side (never smaller than ``min_face``), which keeps it cheap on large photos.
 RETRY_FACE_SHARE = 0.2
+# The padded copies of second looks never hold more than this many pixels, whatever the image's
+# shape (a 12000 x 32 strip padded by half its long side at full size is 4 GB).
+RETRY_MAX_PIXELS = 4_000_000
+# dlib's 5-point predictor reads pixels inside the face box; landmarks of a padded look are taken
+# on a window this much (share of the box side) larger on each side, cut from a virtual padding.
+_LANDMARK_MARGIN = 0.25
 
 # Box of dlib's HOG/CNN detectors relative to MTCNN's box, measured on 47 FairFace crops
 # both found (scripts/detector_agreement.py prints the same fit): dlib's box is square,
@@ -223,13 +229,6 @@ def detect_faces(
             points = _landmarks_padded(rgb, landmark_box(points), pad, fill, colour)
             faces.append(_face(box, score, points, detector))
     return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
-
-
-# Retries (padded copies) never allocate more than this many pixels, whatever the image's shape.
-RETRY_MAX_PIXELS = 4_000_000
-# dlib's 5-point predictor reads pixels inside the face box; landmarks of a padded look are taken
-# on a window this much (share of the box side) larger on each side, cut from a virtual padding.
-_LANDMARK_MARGIN = 0.25
 
 
 def _with_border(rgb: np.ndarray, pad: int, fill: str) -> np.ndarray:

@@ -67,7 +67,7 @@ FacePipeline = Callable[[np.ndarray, int], tuple[list[Any], np.ndarray]]
 FramingCheck = Callable[[np.ndarray], Framing]
 
 
-# Limits and pool sizes that make no sense below one (a 0 would refuse every request or hang).
+# Limits, pool sizes, timeouts and rates that make no sense at zero (refusing every request or hanging).
 _POSITIVE_SETTINGS = ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_request_pixels",
                       "detect_max_pixels", "max_files", "decode_threads", "max_batch", "max_head_bytes",
                       "limit_concurrency", "max_side", "max_jpeg_scans", "max_request_faces", "max_connections",
@@ -111,9 +111,10 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_SETTINGS:
-            if not getattr(self, name) > 0 or (isinstance(getattr(self, name), int) and getattr(self, name) < 1):
-                raise ValueError(f"{name} must be {'> 0' if name.endswith(('_s', 'rate')) else '>= 1'}, "
-                                 f"got {getattr(self, name)}")
+            value = getattr(self, name)
+            real = isinstance(value, float)  # times and rates: any positive value; counts: at least one
+            if not (value > 0 if real else value >= 1):  # NaN fails too
+                raise ValueError(f"{name} must be {'> 0' if real else '>= 1'}, got {value}")
         if not self.max_aspect >= 1:
             raise ValueError(f"max_aspect must be >= 1 (long side / short side), got {self.max_aspect}")
 
