@@ -126,3 +126,31 @@ def _exif_orientation(value: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = value
     return exif.tobytes()
+
+
+def progressive_jpeg_with_scans(extra: int, size: tuple[int, int] = (1000, 1000)) -> bytes:
+    """A valid progressive JPEG of a flat image with its last (empty) scan repeated ``extra``
+    times: each repeat is a few bytes but one more decoding pass over the whole image."""
+    data = encode(Image.new("RGB", size, (120, 130, 140)), "JPEG", progressive=True, quality=80)
+    last = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last:-2] * extra + b"\xff\xd9"
+
+
+def jpeg_with_exif(entries: list[tuple[int, int, int, bytes]], size: tuple[int, int] = (64, 48)) -> bytes:
+    """A JPEG whose APP1 EXIF block holds exactly ``entries`` (tag, TIFF type, count, 4-byte value),
+    written by hand: Pillow refuses to write the unusual blocks clients send."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI4s", *e) for e in entries) + bytes(4)
+    app1 = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd
+    data = encode(Image.new("RGB", size, (128, 128, 128)), "JPEG")
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+
+
+def unusual_exif_jpegs() -> dict[str, bytes]:
+    """Valid JPEGs (64 x 48, rotated by orientation 6 where it is readable) whose EXIF made
+    ``ImageOps.exif_transpose`` fail, and one whose orientation cannot be read at all."""
+    rotate = (0x0112, 3, 1, struct.pack("<HH", 6, 0))
+    return {
+        "makernote_byte.jpg": jpeg_with_exif([rotate, (0xC635, 1, 1, b"\x01\0\0\0")]),  # MakerNoteSafety as BYTE
+        "many_entries.jpg": jpeg_with_exif([rotate] + [(0xC635, 1, 1, b"\x01\0\0\0")] * 5400),
+        "orientation_text.jpg": jpeg_with_exif([(0x0112, 2, 4, b"abc\0")]),  # orientation typed ASCII
+    }

@@ -148,3 +148,35 @@ def test_fresh_clone_default_is_the_shipped_model(data_root, tmp_path):
     doc = json.loads(out.stdout)
     assert doc["model"].endswith("ff_dlib_resnet150.onnx")
     assert len(doc["faces"]) == 1 and set(doc["faces"][0]["heads"]) >= {"age", "gender", "race"}
+
+
+def test_special_files_and_bad_shapes_are_refused_by_name(data_root, tmp_path):
+    """A FIFO and /dev/zero given as inputs, and a folder holding a FIFO, a dangling link, a link
+    loop and an 8000 x 32 strip: each is reported with its reason (none is opened for reading,
+    so the FIFO cannot block), and the one photo is still classified."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(data_root / "fairface" / "val" / "1.jpg", folder / "face.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "loop_a.jpg").symlink_to(folder / "loop_b.jpg")
+    (folder / "loop_b.jpg").symlink_to(folder / "loop_a.jpg")
+    Image.new("RGB", (8000, 32), "gray").save(folder / "strip.png")
+    os.mkfifo(tmp_path / "given.fifo")
+    res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "given.fifo"), "/dev/zero", str(folder),
+                          "--detector", "none", "--json"], check=False, capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    assert [Path(f["image"]).name for f in doc["faces"]] == ["face.jpg"]
+    errors = {Path(u["path"]).name: u["error"] for u in doc["unreadable"]}
+    expected = {
+        "given.fifo": "not a regular file (a FIFO", "zero": "not a regular file (a character device)",
+        "pipe.jpg": "not a regular file (a FIFO", "dangling.jpg": "dangling symbolic link",
+        "loop_a.jpg": "symbolic link loop", "loop_b.jpg": "symbolic link loop",
+        "strip.png": "aspect ratio of 250:1, over the limit of 20:1",
+    }
+    assert set(errors) == set(expected), errors
+    for name, reason in expected.items():
+        assert reason in errors[name] and name in errors[name], (name, errors[name])
+    assert res.stderr.count("unreadable, skipped: cannot read image") == len(expected)

@@ -243,28 +243,36 @@ def test_misconfigured_start_ups_fail_fast_with_one_line(model, tmp_path):
 
 
 def test_requests_past_the_concurrency_limit_get_a_json_503(model, tmp_path):
-    """Two uploads stalled mid-body hold both slots; the next request is told to retry, in the
-    service's JSON error shape, and is served again once the slots are free."""
-    args = ["--detector", "none", "--limit-concurrency", "2"]
+    """Two slow detections hold both slots: the next request is told to retry, in the service's
+    JSON error shape, /health is still answered, and requests are served again once the slots are
+    free. Uploads stalled mid-body do not hold slots (their body deadline bounds them instead)."""
+    big = encode(Image.new("RGB", (3000, 2400), (90, 120, 100)), "JPEG", quality=90)
+    args = ["--detector", "dlib_hog", "--limit-concurrency", "2", "--detect-max-pixels", "8000000",
+            "--max-pixels", "8000000", "--no-framing-check"]
     with running_server(model, args, log_path=tmp_path / "serve.log") as url:
         head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                 b"Content-Length: 100000\r\n\r\n--b\r\n")
-        stalled = [socket.create_connection(("127.0.0.1", _port(url)), timeout=10) for _ in range(2)]
+        stalled = [socket.create_connection(("127.0.0.1", _port(url)), timeout=10) for _ in range(3)]
         try:
             for s in stalled:
                 s.sendall(head)
-            time.sleep(0.5)
-            r = httpx.get(f"{url}/health")
-            assert r.status_code == 503, r.text
-            assert "retry" in r.json()["detail"] and r.headers["retry-after"] == "1"
+            time.sleep(0.3)
+            assert httpx.get(f"{url}/metadata").status_code == 200  # stalled bodies hold no slot
         finally:
             for s in stalled:
                 s.close()
-        for _ in range(50):  # the server notices the closed uploads within moments
-            if (r := httpx.get(f"{url}/health")).status_code == 200:
-                break
-            time.sleep(0.1)
-        assert r.status_code == 200
+        slow = [threading.Thread(target=httpx.post, args=(f"{url}/predict?detect=true",),
+                                 kwargs={"files": {"file": ("big.jpg", big)}, "timeout": 120}) for _ in range(2)]
+        for t in slow:
+            t.start()
+        time.sleep(0.8)
+        r = httpx.get(f"{url}/metadata")
+        assert r.status_code == 503, r.text
+        assert "retry" in r.json()["detail"] and r.headers["retry-after"] == "1"
+        assert httpx.get(f"{url}/health").status_code == 200  # readiness probes are never refused
+        for t in slow:
+            t.join()
+        assert httpx.get(f"{url}/metadata").status_code == 200
 
 
 def test_default_server_detects_faces(model, data_root, tmp_path):

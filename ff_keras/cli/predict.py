@@ -7,8 +7,10 @@ Prints one row per face (image, face id, box, detector confidence, top label per
 years when the model has it) or, with --json, the full records: the service's per-face fields
 (box, confidence, ``heads`` with all probabilities, ``age_years``) plus image and landmarks.
 Photos without a face and unreadable files (anything but JPEG, PNG or WebP, judged by the
-bytes; damaged or smaller than 32 px) are reported on stderr with their names and skipped; the
-exit status is 1 only if no input could be read at all, 2 if the model cannot be loaded.
+bytes; damaged or smaller than 32 px; FIFOs, devices, dangling or looping links, never opened;
+over 128 MB, 40 Mpixel, 16384 px a side or a 20:1 aspect ratio, as the service refuses them)
+are reported on stderr with their names and reasons, and skipped; the exit status is 1 only if
+no input could be read at all, 2 if the model cannot be loaded.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ The model is loaded and checked once here, before any worker starts: a missing o
 mismatched model_info.json, an unknown detector or a model that cannot answer a test input
 ends the command with one line on stderr and exit status 2. Each worker process then loads
 its own ONNX Runtime session and micro-batcher (settings travel to the workers as FF_SERVE_*
-environment variables read by ``app_from_env``).
+environment variables read by ``app_from_env``). A worker that dies is replaced; if the
+replacement cannot load the model (deleted or replaced since start-up), the whole service
+stops with one line naming the cause and exit status 3, instead of respawning it in a loop.
+On SIGTERM, requests in flight get --drain-timeout-s to finish; new ones get a JSON 503.
 """
 
 from __future__ import annotations
@@ -43,11 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20, help="per file")
     ap.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / 2**20, help="per request body")
     ap.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per image")
+    ap.add_argument("--max-side", type=int, default=d.max_side, help="longest side of an image, px")
+    ap.add_argument("--max-aspect", type=float, default=d.max_aspect, help="long side / short side of an image")
+    ap.add_argument("--max-jpeg-scans", type=int, default=d.max_jpeg_scans,
+                    help="scans of a (progressive) JPEG; each one is a decoding pass over the whole image")
+    ap.add_argument("--max-request-faces", type=int, default=d.max_request_faces,
+                    help="faces one request may send to the model; files past it get 413")
     ap.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels, help="decoded, per request")
     ap.add_argument("--detect-max-pixels", type=int, default=d.detect_max_pixels,
                     help="detect faces on a copy of at most this many pixels")
     ap.add_argument("--decode-threads", type=int, default=d.decode_threads,
                     help="images decoded and searched for faces at once, per worker")
+    ap.add_argument("--light-max-pixels", type=int, default=d.light_max_pixels,
+                    help="images this small sent without detect get one more decode thread of their own")
     ap.add_argument("--detector", default=d.detector, choices=sorted(DETECTOR_ALIASES),
                     help=f"face detector for ?detect=true; 'dlib' = dlib HOG; 'none' = the whole image is one "
                     f"face (default {d.detector})")
@@ -58,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="close connections whose request headers take longer")
     ap.add_argument("--limit-concurrency", type=int, default=d.limit_concurrency,
                     help="requests in flight per worker before new ones get a JSON 503 with Retry-After")
+    ap.add_argument("--max-connections", type=int, default=d.max_connections,
+                    help="open connections per worker before requests get a JSON 503 (/health still answered)")
+    ap.add_argument("--body-timeout-s", type=float, default=d.body_timeout_s,
+                    help="a request body must arrive within this many seconds ...")
+    ap.add_argument("--body-min-rate", type=float, default=d.body_min_rate,
+                    help="... plus 1 s per this many bytes (408 otherwise)")
+    ap.add_argument("--drain-timeout-s", type=float, default=d.drain_timeout_s,
+                    help="on SIGTERM, requests in flight get this long to finish")
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
 
@@ -71,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             model_path=str(model), max_upload_bytes=int(args.max_upload_mb * 2**20),
             max_request_bytes=int(args.max_request_mb * 2**20), max_pixels=args.max_pixels,
             max_request_pixels=args.max_request_pixels, detect_max_pixels=args.detect_max_pixels,
+            max_side=args.max_side, max_aspect=args.max_aspect, max_jpeg_scans=args.max_jpeg_scans,
+            max_request_faces=args.max_request_faces, max_connections=args.max_connections,
+            body_timeout_s=args.body_timeout_s, body_min_rate=args.body_min_rate,
+            drain_timeout_s=args.drain_timeout_s, light_max_pixels=args.light_max_pixels,
             decode_threads=args.decode_threads, batching=not args.no_batching, max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, threads=args.threads, ort_spinning=args.ort_spinning,
             detector=args.detector, framing_check=not args.no_framing_check,
@@ -96,20 +119,48 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
 
     protocol = functools.partial(GuardedHttpToolsProtocol, head_timeout_s=settings.head_timeout_s,
-                                 max_head_bytes=settings.max_head_bytes)
-    uvicorn.run(
+                                 max_head_bytes=settings.max_head_bytes, max_connections=settings.max_connections)
+    config = uvicorn.Config(
         target, factory=factory, host=args.host, port=args.port, workers=args.workers,
         log_level=args.log_level, access_log=False, http=protocol, timeout_keep_alive=settings.keep_alive_s,
-        # uvicorn's limit counts open connections too and answers in plain text: a backstop
-        # above the app's own JSON 503 (ConcurrencyLimit) for floods of idle connections.
-        limit_concurrency=2 * settings.limit_concurrency + 8, timeout_graceful_shutdown=10,
+        # uvicorn's own limit_concurrency answers in plain text and refuses /health too: the app's
+        # ConcurrencyLimit and the protocol's max_connections answer in JSON instead.
+        limit_concurrency=None,
+        # A backstop: the app's Drain answers what is still running after drain_timeout_s.
+        timeout_graceful_shutdown=settings.drain_timeout_s + 2,
     )
+    return _run(config, args.workers, settings.model_path)
+
+
+def _run(config, workers: int, model: str) -> int:  # noqa: ANN001 - a uvicorn.Config
+    """``uvicorn.run``, plus an exit status that says when the workers could not start."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    if workers == 1:
+        server = uvicorn.Server(config)
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        return 0 if server.started else STARTUP_FAILURE
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    try:
+        supervisor.run()  # uvicorn stops all workers when one exits with STARTUP_FAILURE (app_from_env)
+    except KeyboardInterrupt:
+        pass
+    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    if failed:
+        return _fail(f"a replacement worker (pid {failed[0]}) could not load {model} (its line is above); "
+                     "stopped the service instead of restarting workers in a loop",
+                     STARTUP_FAILURE)
     return 0
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 2) -> int:
     print(f"serve.py: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 if __name__ == "__main__":

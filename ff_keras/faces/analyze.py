@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ff_keras.faces.detect import DETECTORS, Face, detect_and_align
-from ff_keras.data.image_decode import ImageError, decode_image
+from ff_keras.data.image_decode import MAX_PIXELS, ImageError, decode_image
 
 NO_DETECTOR = "none"
 # CLI spellings: "dlib" is dlib's HOG detector, the fast one.
@@ -50,7 +50,11 @@ def resolve_detector(name: str) -> str:
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
-    """Files as given plus every file in given folders (sorted, recursive, hidden ones left out).
+    """Paths as given plus every entry in given folders (sorted, recursive, hidden ones left out).
+
+    Everything in a folder that is not a folder itself is listed, FIFOs, devices, dangling links,
+    link loops and links to folders included, so that ``read_rgb`` refuses each one by name with
+    its reason instead of it being skipped unseen (nothing is opened here).
 
     Returns:
         (paths, whether any input was a folder) - folders get a progress bar.
@@ -59,7 +63,10 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
     for item in map(Path, inputs):
         if item.is_dir():
             any_dir = True
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            paths += sorted(
+                p for p in item.rglob("*")
+                if not p.name.startswith(".") and (p.is_symlink() or not p.is_dir())  # rglob walks real folders
+            )
         else:
             paths.append(item)  # a missing file is reported as unreadable later
     return paths, any_dir
@@ -67,13 +74,16 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], bool]:
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """uint8 [H, W, 3] RGB with the EXIF orientation applied (phone photos are stored sideways),
-    decoded as the service decodes uploads (JPEG, PNG or WebP; 16-bit scaled to 8 bit).
+    decoded as the service decodes uploads (JPEG, PNG or WebP; 16-bit scaled to 8 bit), with the
+    service's default limits: regular files only (never a FIFO or device), at most
+    ``image_decode.MAX_FILE_BYTES``, ``MAX_PIXELS`` and the default side, aspect and JPEG-scan limits.
 
     Raises:
-        ValueError: naming the file when it is missing, too small or not a decodable image.
+        ValueError: naming the file when it is missing, special, too large, too small or not a
+            decodable image.
     """
     try:
-        return decode_image(path, str(path)).rgb
+        return decode_image(path, str(path), max_pixels=MAX_PIXELS).rgb
     except ImageError as err:
         raise ValueError(f"cannot read image {err}") from err
 

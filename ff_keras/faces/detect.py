@@ -44,6 +44,12 @@ ONET_THRESHOLD, RETRY_ONET_THRESHOLD = 0.9, 0.7
 # A second look searches for a face that fills the frame: at least this share of the shorter
 # side (never smaller than ``min_face``), which keeps it cheap on large photos.
 RETRY_FACE_SHARE = 0.2
+# The padded copies of second looks never hold more than this many pixels, whatever the image's
+# shape (a 12000 x 32 strip padded by half its long side at full size is 4 GB).
+RETRY_MAX_PIXELS = 4_000_000
+# dlib's 5-point predictor reads pixels inside the face box; landmarks of a padded look are taken
+# on a window this much (share of the box side) larger on each side, cut from a virtual padding.
+_LANDMARK_MARGIN = 0.25
 
 # Box of dlib's HOG/CNN detectors relative to MTCNN's box, measured on 47 FairFace crops
 # both found (benchmarks/detector_agreement.py prints the same fit): dlib's box is square,
@@ -208,18 +214,28 @@ def detect_faces(
             photo can take; faces smaller than ``min_face`` in that copy are not found.
         retry_padded: when nothing is found, look again on copies with a border added
             (``RETRIES``): detectors miss faces that fill the frame (an already cropped face).
+            The border is added to a reduced copy of at most ``max_pixels`` (and never more
+            than ``RETRY_MAX_PIXELS``) with the border included, never to the full image.
     """
     rgb = check_rgb(rgb)
     faces = _detect(rgb, detector, min_face, max_pixels)
     h, w = rgb.shape[:2]
     large_face = max(min_face, round(RETRY_FACE_SHARE * min(h, w)))
+    limit = min(max_pixels or RETRY_MAX_PIXELS, RETRY_MAX_PIXELS)
     for fill, share in RETRIES if retry_padded else ():
         if faces:
             break
         pad = round(share * max(h, w))
-        padded = _with_border(rgb, pad, fill)
-        found = _detect(padded, detector, large_face, max_pixels, RETRY_ONET_THRESHOLD)
-        faces = [_shifted(f, -pad) for f in found]
+        small, scale = _shrunk(rgb, min(1.0, (limit / ((h + 2 * pad) * (w + 2 * pad))) ** 0.5))
+        small_pad = round(pad * scale)
+        padded = _with_border(small, small_pad, fill)
+        colour = padded[0, 0].copy()  # the fill colour the landmarks' view must match
+        faces = []
+        for box, score in _boxes(padded, detector, max(1, round(large_face * scale)), None, RETRY_ONET_THRESHOLD):
+            box = (box - small_pad) / scale
+            points = _landmarks_padded(rgb, box, pad, fill, colour)
+            points = _landmarks_padded(rgb, landmark_box(points), pad, fill, colour)
+            faces.append(_face(box, score, points, detector))
     return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
 
 
@@ -233,33 +249,63 @@ def _with_border(rgb: np.ndarray, pad: int, fill: str) -> np.ndarray:
     return out
 
 
+def _landmarks_padded(rgb: np.ndarray, box: np.ndarray, pad: int, fill: str, colour: np.ndarray) -> np.ndarray:
+    """Landmarks of ``box`` as if ``rgb`` had a ``pad`` border of ``fill``, without building the
+    padded image: only a window around the box is filled in (edge pixels or ``colour``)."""
+    h, w = rgb.shape[:2]
+    margin = _LANDMARK_MARGIN * float(box[2] - box[0])
+    x0, y0 = (max(-pad, int(np.floor(v - margin))) for v in box[:2])
+    x1 = min(w + pad, int(np.ceil(box[2] + margin)))
+    y1 = min(h + pad, int(np.ceil(box[3] + margin)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return _landmarks(rgb, box)
+    xs, ys = np.arange(x0, x1), np.arange(y0, y1)
+    window = rgb[np.clip(ys, 0, h - 1)[:, None], np.clip(xs, 0, w - 1)[None, :]]
+    if fill != "edge":
+        window[(ys < 0) | (ys >= h)] = colour
+        window[:, (xs < 0) | (xs >= w)] = colour
+    offset = np.array([x0, y0], np.float32)
+    return _landmarks(window, box - np.tile(offset, 2)) + offset
+
+
+def _shrunk(rgb: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """``rgb`` resized by ``scale`` (bilinear; unchanged at 1) and the scale actually applied."""
+    if scale >= 1.0:
+        return rgb, 1.0
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR)), scale
+
+
+def _boxes(
+    rgb: np.ndarray, detector: str, min_face: int, max_pixels: int | None, onet: float = ONET_THRESHOLD
+) -> list[tuple[np.ndarray, float]]:
+    """Detector boxes in ``rgb`` pixels, found on a copy of at most ``max_pixels``."""
+    h, w = rgb.shape[:2]
+    scale = 1.0 if not max_pixels or h * w <= max_pixels else (max_pixels / (h * w)) ** 0.5
+    small, scale = _shrunk(rgb, scale)
+    return [(box / scale, score) for box, score in _raw_boxes(small, detector, max(1, round(min_face * scale)), onet)]
+
+
+def _face(box: np.ndarray, score: float, points: np.ndarray, detector: str) -> Face:
+    x0, y0, x1, y1 = box
+    xywh = (round(float(x0)), round(float(y0)), round(float(x1 - x0)), round(float(y1 - y0)))
+    return Face(xywh, float(score), points, detector)
+
+
 def _detect(
     rgb: np.ndarray, detector: str, min_face: int, max_pixels: int | None, onet: float = ONET_THRESHOLD
 ) -> list[Face]:
-    h, w = rgb.shape[:2]
-    scale = 1.0 if not max_pixels or h * w <= max_pixels else (max_pixels / (h * w)) ** 0.5
-    small = rgb
-    if scale < 1.0:
-        from PIL import Image
-
-        size = (max(1, int(w * scale)), max(1, int(h * scale)))
-        small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
     faces = []
-    for box, score in _raw_boxes(small, detector, max(1, round(min_face * scale)), onet):
-        box = box / scale
+    for box, score in _boxes(rgb, detector, min_face, max_pixels, onet):
         # Two passes: the detector's box seeds the landmarks, then the box implied by those
         # landmarks seeds them again, so detectors with different boxes converge on one shape.
         points = _landmarks(rgb, box)
         points = _landmarks(rgb, landmark_box(points))
-        x0, y0, x1, y1 = box
-        xywh = (round(float(x0)), round(float(y0)), round(float(x1 - x0)), round(float(y1 - y0)))
-        faces.append(Face(xywh, float(score), points, detector))
+        faces.append(_face(box, score, points, detector))
     return faces
-
-
-def _shifted(face: Face, offset: int) -> Face:
-    x, y, w, h = face.box
-    return Face((x + offset, y + offset, w, h), face.confidence, face.landmarks + offset, face.detector)
 
 
 def align(rgb: np.ndarray, face: Face, size: int, padding: float = PADDING) -> np.ndarray:

@@ -7,9 +7,13 @@ for ``.keras`` / SavedModel models and for the MTCNN detector.
 
 Uploads are decoded in a fixed pool of ``decode_threads`` threads: that bounds how many
 images are decoded (and faces detected) at once, each pool thread keeps its own detector, and
-one slow photo occupies one thread while the others keep answering. Large JPEGs are decoded
-at reduced scale (``image_decode``), faces are detected on a copy of at most
-``detect_max_pixels``, and each request may decode at most ``max_request_pixels`` in all.
+one slow photo occupies one thread while the others keep answering. Small images sent without
+``detect`` (at most ``light_max_pixels``, from the header: face crops) have one more thread of
+their own, so they never queue behind large photos and crowds. Large JPEGs are decoded
+at reduced scale and large PNG/WebP reduced right after decoding (``image_decode``), faces
+are detected (and the framing checked) on a copy of at most ``detect_max_pixels``, each
+request may decode at most ``max_request_pixels`` and send at most ``max_request_faces``
+faces to the model, in chunks of ``max_batch`` interleaved with other requests.
 
 Face detection hook: pass ``face_pipeline(rgb_uint8[H, W, 3], size) -> (faces, chips)`` where
 ``faces[i].box`` is [x, y, w, h], ``faces[i].confidence`` a float and ``chips`` uint8
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,11 +44,14 @@ from PIL import Image
 from ff_keras.faces.analyze import NO_DETECTOR, resolve_detector
 from ff_keras.faces.detect import DEFAULT_DETECTOR, DETECTORS
 from ff_keras.faces.framing import OK_SCALE, Framing, check_framing
-from ff_keras.data.image_decode import FORMATS, MIN_SIDE, DecodedImage, ImageError, PixelBudget, decode_image
+from ff_keras.data.image_decode import (
+    FORMATS, MAX_ASPECT, MAX_JPEG_SCANS, MAX_PIXELS, MAX_SIDE, MIN_SIDE, DecodedImage, ImageError, PixelBudget,
+    ShapeLimits, decode_image, image_size,
+)
 from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
 from ff_keras.serve.batching import MicroBatcher
-from ff_keras.serve.limits import BodyLimit, ConcurrencyLimit
+from ff_keras.serve.limits import BodyLimit, ConcurrencyLimit, Drain, DrainState, drain_on_sigterm
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = tuple(FORMATS.values())
@@ -59,10 +67,12 @@ FacePipeline = Callable[[np.ndarray, int], tuple[list[Any], np.ndarray]]
 FramingCheck = Callable[[np.ndarray], Framing]
 
 
-# Limits and pool sizes that make no sense below one (a 0 would refuse every request or hang).
+# Limits, pool sizes, timeouts and rates that make no sense at zero (refusing every request or hanging).
 _POSITIVE_SETTINGS = ("max_upload_bytes", "max_request_bytes", "max_pixels", "max_request_pixels",
                       "detect_max_pixels", "max_files", "decode_threads", "max_batch", "max_head_bytes",
-                      "limit_concurrency")
+                      "limit_concurrency", "max_side", "max_jpeg_scans", "max_request_faces", "max_connections",
+                      "body_timeout_s", "body_min_rate", "drain_timeout_s", "head_timeout_s", "keep_alive_s",
+                      "light_max_pixels")
 
 
 @dataclass
@@ -72,11 +82,16 @@ class ServeSettings:
     model_path: str = ""
     max_upload_bytes: int = 10 * 1024 * 1024  # one file
     max_request_bytes: int = 32 * 1024 * 1024  # a whole request body, counted as it streams in
-    max_pixels: int = 40_000_000  # one image, from its header: a 40 MP photo is enough for phones
+    max_pixels: int = MAX_PIXELS  # one image, from its header: a 40 MP photo is enough for phones
+    max_side: int = MAX_SIDE  # longest side, from the header
+    max_aspect: float = MAX_ASPECT  # long side / short side (a 12000 x 32 strip is refused)
+    max_jpeg_scans: int = MAX_JPEG_SCANS  # progressive JPEG scans (each is a pass over the image)
     max_request_pixels: int = 100_000_000  # decoded pixels per request (after reduced-scale decoding)
     detect_max_pixels: int = 2_000_000  # faces are detected on a copy this small (boxes mapped back)
     max_files: int = 16
+    max_request_faces: int = 256  # faces one request may send to the model (413 for the files past it)
     decode_threads: int = 2  # images decoded / faces detected at once per worker
+    light_max_pixels: int = 1_000_000  # ... plus one thread for images this small sent without detect
     batching: bool = True
     max_batch: int = 32
     max_wait_ms: float = 5.0
@@ -88,12 +103,23 @@ class ServeSettings:
     keep_alive_s: int = 5
     head_timeout_s: float = 10.0
     max_head_bytes: int = 32 * 1024
-    limit_concurrency: int = 128  # requests in flight per worker (JSON 503 past it)
+    limit_concurrency: int = 128  # requests in flight per worker (JSON 503 past it; /health exempt)
+    max_connections: int = 1024  # open connections per worker (JSON 503 past it; /health exempt)
+    body_timeout_s: float = 10.0  # a request body must be in within this ...
+    body_min_rate: float = 32768.0  # ... plus 1 s per this many bytes received (408 otherwise)
+    drain_timeout_s: float = 10.0  # on SIGTERM, requests in flight get this long to finish
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_SETTINGS:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            real = isinstance(value, float)  # times and rates: any positive value; counts: at least one
+            if not (value > 0 if real else value >= 1):  # NaN fails too
+                raise ValueError(f"{name} must be {'> 0' if real else '>= 1'}, got {value}")
+        if not self.max_aspect >= 1:
+            raise ValueError(f"max_aspect must be >= 1 (long side / short side), got {self.max_aspect}")
+
+    def shape_limits(self) -> ShapeLimits:
+        return ShapeLimits(self.max_side, self.max_aspect, self.max_jpeg_scans)
 
     def to_env(self) -> dict[str, str]:
         return {ENV_PREFIX + k.upper(): str(v) for k, v in asdict(self).items()}
@@ -199,15 +225,43 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _internal_error)
 
 
-def _lifespan(batcher: MicroBatcher, pool: ThreadPoolExecutor):
-    """The micro-batcher runs while the app does; the decode pool goes with it."""
+@dataclass
+class DecodePools:
+    """``heavy`` decodes everything but small images sent without detection, which ``light``
+    takes (it also reads every upload's header to choose): crops never wait behind crowds."""
+
+    heavy: ThreadPoolExecutor
+    light: ThreadPoolExecutor
+
+    def shutdown(self) -> None:
+        for pool in (self.heavy, self.light):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+# Heavy decode threads' nice value: under CPU contention the kernel serves the event loop, the
+# light decode thread and the model thread first, so large photos and crowds slow down before crops do.
+HEAVY_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Pool initializer: this thread (Linux priorities are per thread) runs at ``HEAVY_NICE``."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HEAVY_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the rest
+        pass
+
+
+def _lifespan(batcher: MicroBatcher, pools: DecodePools, drain: DrainState):
+    """The micro-batcher runs while the app does; the decode pool goes with it. SIGTERM starts
+    the drain (uvicorn installs its signal handlers before the lifespan starts)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
+        drain_on_sigterm(drain)
         yield
         await batcher.stop()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pools.shutdown()
 
     return lifespan
 
@@ -245,6 +299,7 @@ def _decode_and_find_faces(
         data, name, settings.max_pixels, MIN_SIDE, budget=budget,
         min_decoded_side=0 if detecting else size,
         min_decoded_pixels=settings.detect_max_pixels if detecting else 0,
+        limits=settings.shape_limits(),
     )
     return (image, *_faces_of(image, detect, face_pipeline, size, framing_check))
 
@@ -273,14 +328,29 @@ def _responses(
         start += len(chips)
         out.append(schemas.PredictResponse(
             filename=upload.filename, width=image.size[0], height=image.size[1], detector=detector,
-            faces=faces,
+            faces=faces, warnings=image.warnings,
         ))
     return out
 
 
+def _over_face_limit(upload: UploadFile, found: int | None, max_faces: int) -> ImageError:
+    """The 413 for a file that takes its request past ``max_faces`` faces (``found`` None: a file
+    after that one, refused without being decoded), so one request cannot hog the model."""
+    name = upload.filename or "upload"
+    what = f"{found} faces found, taking" if found is not None else "not processed: an earlier file took"
+    return ImageError(f"{name}: {what} this request over its limit of {max_faces} faces; send it in a separate "
+                      "request", 413)
+
+
+def _is_small(data: bytes, max_pixels: int) -> bool:
+    """Whether an upload's header says it has at most ``max_pixels`` (False when unreadable)."""
+    size = image_size(data)
+    return size is not None and size[0] * size[1] <= max_pixels
+
+
 def _prediction_routes(
     app: FastAPI, settings: ServeSettings, predictor: Predictor, batcher: MicroBatcher,
-    face_pipeline: FacePipeline | None, pool: ThreadPoolExecutor, errors: dict,
+    face_pipeline: FacePipeline | None, pools: DecodePools, errors: dict,
 ) -> None:
     """``/predict`` and ``/predict/batch``: both go through one path, so a single image and a
     batch get the same limits, errors and results."""
@@ -299,6 +369,9 @@ def _prediction_routes(
             data = await _read_upload(upload, settings.max_upload_bytes)
             loop = asyncio.get_running_loop()
             framing = framing_check if check_framing else None
+            light = not (detect and face_pipeline is not None) and await loop.run_in_executor(
+                pools.light, _is_small, data, settings.light_max_pixels)
+            pool = pools.light if light else pools.heavy
             return await loop.run_in_executor(pool, decode, data, name, detect, budget, framing)
         except ImageError as err:
             return err
@@ -307,7 +380,17 @@ def _prediction_routes(
         uploads: list[UploadFile], detect: bool, check_framing: bool
     ) -> list[schemas.PredictResponse | ImageError]:
         budget = PixelBudget(settings.max_request_pixels)
-        per_image = [await one_image(u, detect, budget, check_framing) for u in uploads]
+        per_image, faces_left = [], settings.max_request_faces
+        for upload in uploads:
+            if faces_left < 0:  # the face limit was broken by an earlier file: the rest are not decoded
+                per_image.append(_over_face_limit(upload, None, settings.max_request_faces))
+                continue
+            item = await one_image(upload, detect, budget, check_framing)
+            if not isinstance(item, ImageError):
+                faces_left -= len(item[2])
+                if faces_left < 0:
+                    item = _over_face_limit(upload, len(item[2]), settings.max_request_faces)
+            per_image.append(item)
         ok = [p for p in per_image if not isinstance(p, ImageError)]
         batch = np.concatenate([chips for _, _, chips in ok]) if ok else np.zeros((0, size, size, 3), np.float32)
         results = predictor.results_from_probs(await batcher.predict(batch)) if len(batch) else []
@@ -359,6 +442,12 @@ def _limits(settings: ServeSettings) -> schemas.Limits:
         max_pixels=settings.max_pixels, max_request_pixels=settings.max_request_pixels,
         detect_max_pixels=settings.detect_max_pixels, min_side=MIN_SIDE,
         max_files=settings.max_files, content_types=list(CONTENT_TYPES),
+        max_side=settings.max_side, max_aspect=settings.max_aspect, max_jpeg_scans=settings.max_jpeg_scans,
+        max_request_faces=settings.max_request_faces, body_timeout_s=settings.body_timeout_s,
+        body_min_rate=settings.body_min_rate, max_head_bytes=settings.max_head_bytes,
+        head_timeout_s=settings.head_timeout_s, keep_alive_s=settings.keep_alive_s,
+        limit_concurrency=settings.limit_concurrency, max_connections=settings.max_connections,
+        drain_timeout_s=settings.drain_timeout_s, light_max_pixels=settings.light_max_pixels,
     )
 
 
@@ -371,7 +460,9 @@ def _info_routes(
     def detector_name() -> str:
         return settings.detector if face_pipeline is not None else NO_DETECTOR
 
-    @app.get("/health", response_model=schemas.HealthResponse, responses={503: {"model": schemas.ErrorResponse}})
+    # GET and HEAD: load balancers probe with HEAD (uvicorn sends the headers without the body).
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=schemas.HealthResponse,
+                   responses={503: {"model": schemas.ErrorResponse}})
     async def health():
         """Readiness probe: 200 only while this worker can answer ``/predict`` (model loaded and
         checked at start-up, micro-batcher running); 503 otherwise."""
@@ -383,7 +474,7 @@ def _info_routes(
             batching=_batching_info(batcher, settings),
         )
 
-    @app.get("/metadata", response_model=schemas.MetadataResponse)
+    @app.api_route("/metadata", methods=["GET", "HEAD"], response_model=schemas.MetadataResponse)
     async def metadata():
         """Class names, input contract, limits and micro-batching statistics of this worker."""
         info = predictor.info
@@ -401,7 +492,7 @@ def _info_routes(
             batching=_batching_info(batcher, settings),
         )
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def demo_page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
@@ -428,29 +519,51 @@ def create_app(
     face_pipeline = _resolve_face_pipeline(settings, face_pipeline)
     predictor = predictor or load_checked_predictor(settings)
     batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)
-    pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="ff-decode")
+    pools = DecodePools(
+        ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="ff-decode", initializer=_lower_priority),
+        ThreadPoolExecutor(1, thread_name_prefix="ff-decode-light"),
+    )
     if face_pipeline is not None and settings.detector in DETECTORS:
-        _warm_pool(pool, settings.decode_threads, settings.detector)
+        # Heavy first: thread pools the detector's runtime starts inherit the lower priority.
+        _warm_pool(pools.heavy, settings.decode_threads, settings.detector)
+        _warm_pool(pools.light, 1, settings.detector)
     # Pillow's own bomb guard (it raises above twice this) backs up the header check in ``decode_image``.
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
 
+    drain = DrainState(settings.drain_timeout_s)
     app = FastAPI(
         title="ff_keras face attributes",
         description="Age (9 bins), gender and race (7 classes) from face photos. " + predictor.info.input_contract,
         version=predictor.info.version,
-        lifespan=_lifespan(batcher, pool),
+        lifespan=_lifespan(batcher, pools, drain),
+        # "/health/" is a 404, not a redirect built from the client's Host header.
+        redirect_slashes=False,
     )
-    app.state.settings, app.state.predictor, app.state.batcher = settings, predictor, batcher
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(ConcurrencyLimit, max_requests=settings.limit_concurrency)  # outermost: added last
+    app.state.settings, app.state.predictor, app.state.batcher, app.state.drain = settings, predictor, batcher, drain
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s,
+                       min_rate=settings.body_min_rate)
+    app.add_middleware(ConcurrencyLimit, max_requests=settings.limit_concurrency)
+    app.add_middleware(Drain, state=drain)  # outermost: added last
     errors = {c: {"model": schemas.ErrorResponse} for c in (400, 413, 415, 422)}
     _error_handlers(app)
-    _prediction_routes(app, settings, predictor, batcher, face_pipeline, pool, errors)
+    _prediction_routes(app, settings, predictor, batcher, face_pipeline, pools, errors)
     _info_routes(app, settings, predictor, batcher, face_pipeline)
     return app
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory (``ff_keras.serve.app:app_from_env``); settings come from ``FF_SERVE_*``."""
-    settings = ServeSettings.from_env()
-    return create_app(settings.model_path, settings)
+    """uvicorn factory (``ff_keras.serve.app:app_from_env``); settings come from ``FF_SERVE_*``.
+
+    A worker that cannot load its model (deleted or replaced since start-up) logs one line and
+    exits with uvicorn's start-up failure status, on which uvicorn's supervisor stops the whole
+    service instead of respawning the worker in a loop.
+    """
+    try:
+        settings = ServeSettings.from_env()
+        return create_app(settings.model_path, settings)
+    except (FileNotFoundError, ValueError, OSError, ImportError) as err:
+        from uvicorn.config import STARTUP_FAILURE
+
+        line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"ff_keras worker {os.getpid()}: cannot load the model: {line}", file=sys.stderr, flush=True)
+        sys.exit(STARTUP_FAILURE)

@@ -5,6 +5,10 @@ the first waiting item, then keeps gathering until ``max_batch`` images are coll
 ``max_wait_ms`` has passed, runs the model once in a thread (so the event loop keeps
 accepting requests) and hands each request its rows back. Under load one large batch costs
 far less than many single-image calls; when idle, a request waits at most ``max_wait_ms``.
+
+A request with more than ``max_batch`` images (a group photo, a batch upload) is split into
+chunks of ``max_batch`` that it queues one at a time, so other requests' images join the next
+model calls instead of waiting behind one call of thousands of faces.
 """
 
 from __future__ import annotations
@@ -95,7 +99,15 @@ class MicroBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Probabilities per head for ``images`` [k, H, W, 3]; may share a model call with others."""
+        """Probabilities per head for ``images`` [k, H, W, 3]; may share model calls with others.
+        At most ``max_batch`` images per call: larger requests queue their chunks in turn."""
+        if len(images) <= self.max_batch:
+            return await self._predict_chunk(images)
+        parts = [await self._predict_chunk(images[i : i + self.max_batch])
+                 for i in range(0, len(images), self.max_batch)]
+        return {head: np.concatenate([part[head] for part in parts]) for head in parts[0]}
+
+    async def _predict_chunk(self, images: np.ndarray) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         if not self.enabled:
             self.stats.record(len(images))

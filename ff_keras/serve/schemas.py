@@ -59,6 +59,8 @@ class PredictResponse(BaseModel):
     height: int
     detector: str = Field(description='"none" when the whole image was treated as one aligned face')
     faces: list[FacePrediction]
+    warnings: list[str] = Field(default_factory=list, description="what was ignored in the file, e.g. an EXIF "
+                                "block that could not be read (the image is then used as stored, unrotated)")
 
 
 class FileError(BaseModel):
@@ -107,6 +109,21 @@ class Limits(BaseModel):
     min_side: int = Field(description="smallest accepted width and height")
     max_files: int
     content_types: list[str] = Field(description="accepted formats, recognised by their bytes")
+    max_side: int = Field(description="longest side of one image, px")
+    max_aspect: float = Field(description="long side / short side of one image")
+    max_jpeg_scans: int = Field(description="scans of one (progressive) JPEG")
+    max_request_faces: int = Field(description="faces per request sent to the model; files past it get 413")
+    body_timeout_s: float = Field(description="a request body must arrive within body_timeout_s + "
+                                  "bytes / body_min_rate seconds (408 otherwise)")
+    body_min_rate: float = Field(description="bytes per second, see body_timeout_s")
+    max_head_bytes: int = Field(description="request line and headers (431 past it)")
+    head_timeout_s: float = Field(description="request line and headers must arrive within this (408)")
+    keep_alive_s: float = Field(description="idle keep-alive connections are closed after this")
+    limit_concurrency: int = Field(description="requests in flight per worker (503 past it; /health exempt)")
+    max_connections: int = Field(description="open connections per worker (503 past it; /health exempt)")
+    drain_timeout_s: float = Field(description="on shutdown, requests in flight get this long to finish (then 503)")
+    light_max_pixels: int = Field(description="images this small sent without detect have a decode thread of their "
+                                  "own (never queued behind large photos)")
 
 
 class MetadataResponse(BaseModel):
