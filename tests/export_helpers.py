@@ -28,6 +28,7 @@ def tiny_checkpoint(folder: Path, policy: str | None = None, temperature: dict[s
     previous = keras.config.dtype_policy().name
     if policy:
         keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(0)  # the same tiny network in every process (tests need both genders predicted)
     try:
         model = build_model(cfg)
     finally:
