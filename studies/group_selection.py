@@ -379,11 +379,17 @@ def ambiguity_study(cache_path: Path, manifests: str, out: Path) -> dict:
     fit = groups.fit_confirm_halves(table)
     amb = ambiguity(p, y, fit)
     write_ambiguity(amb, cache_path, int(fit.sum()), out / "ambiguity.json")
+    from ff_keras.evaluation.calibration import ece  # noqa: PLC0415
+
     model = str(np.load(cache_path)["model"])
+    calib = {h: {half: round(ece(p[h][m], y[h][m]), 4) for half, m in (("fit", fit), ("confirm", ~fit))}
+             for h in AMBIGUITY_TARGETS}
     blocks = [("h1", f"Ambiguity thresholds for {model} (fit half of FairFace val -> confirm half)"),
+              ("table", (["head", "ECE fit half", "ECE confirm half"],
+                         [[h, c["fit"], c["confirm"]] for h, c in calib.items()])),
               *ambiguity_blocks(amb)]
     (out / "ambiguity.md").write_text(report.to_markdown(blocks))
-    return {h: {"threshold": a["threshold"], "confirm": a["confirm"]} for h, a in amb.items()}
+    return {h: {"threshold": a["threshold"], "confirm": a["confirm"], "ece": calib[h]} for h, a in amb.items()}
 
 
 def compare_study(base_path: Path, cand_path: Path, names: list[str], split: str, manifests: str,
