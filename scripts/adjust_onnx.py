@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                                  temperatures=temps, logit_bias=logit_bias, ambiguity=ambiguity or None)
     provenance = {"parity": parity, "priors": priors, "tau": taus, "manifests": args.manifests,
                   "calibration": calibration, "logit_bias": args.logit_bias}
+    if info.extra.get("adjusted"):  # the source's own steps (e.g. release 4's priors and calibration) stay on record
+        provenance["source"] = {"onnx": str(src), "adjusted": info.extra["adjusted"]}
     adjusted = adjusted_info(info, args.flip_tta, weights, temps, logit_bias, ambiguity or None)
     graph_steps = args.flip_tta or taus or args.calibrate or logit_bias
     # a metadata-only copy (thresholds) keeps the provenance of the graph steps it already has

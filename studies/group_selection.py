@@ -356,13 +356,79 @@ def run_study(cache_path: Path, manifests: str, out: Path, costs: list[float]) -
     write_result(out / "study.json", result, indent=1)
     bg = result["candidates"]["race bias | gender"]["params"]["race_by_gender"]
     write_result(out / "race_bias_by_gender.json", {"race": {"by": "gender", "bias": bg}}, machine=False, indent=1)
-    model = str(np.load(cache_path)["model"])
-    provenance = f"outputs of {model} on the fit half of FairFace val ({result['fit_rows']} rows, seed 29)"
-    write_result(out / "ambiguity.json", {
-        h: {"threshold": a["threshold"], "target_accuracy_answered": a["target"], "fitted_on": provenance,
-            "confirm_half": a["confirm"]} for h, a in result["ambiguity"].items()}, machine=False, indent=1)
+    write_ambiguity(result["ambiguity"], cache_path, result["fit_rows"], out / "ambiguity.json")
     (out / "study.md").write_text(report.to_markdown(study_blocks(result)))
     return result
+
+
+def write_ambiguity(amb: dict, cache_path: Path, fit_rows: int, path: Path) -> None:
+    """The thresholds as ``scripts/adjust_onnx.py --ambiguity-from`` reads them, with provenance
+    (no ``machine`` key: every top-level key is a head)."""
+    model = str(np.load(cache_path)["model"])
+    provenance = f"outputs of {model} on the fit half of FairFace val ({fit_rows} rows, seed 29)"
+    write_result(path, {h: {"threshold": a["threshold"], "target_accuracy_answered": a["target"],
+                            "fitted_on": provenance, "confirm_half": a["confirm"]} for h, a in amb.items()},
+                 machine=False, indent=1)
+
+
+def ambiguity_study(cache_path: Path, manifests: str, out: Path) -> dict:
+    """Ambiguity thresholds refitted on the fit half of val for the model cached in ``cache_path``
+    (e.g. after a step that changes a head's probabilities), confirm-half tables beside them."""
+    table, p = load_cache(cache_path, manifests)
+    y = groups.truths(table)
+    fit = groups.fit_confirm_halves(table)
+    amb = ambiguity(p, y, fit)
+    write_ambiguity(amb, cache_path, int(fit.sum()), out / "ambiguity.json")
+    from ff_keras.evaluation.calibration import ece  # noqa: PLC0415
+
+    model = str(np.load(cache_path)["model"])
+    calib = {h: {half: round(ece(p[h][m], y[h][m]), 4) for half, m in (("fit", fit), ("confirm", ~fit))}
+             for h in AMBIGUITY_TARGETS}
+    blocks = [("h1", f"Ambiguity thresholds for {model} (fit half of FairFace val -> confirm half)"),
+              ("table", (["head", "ECE fit half", "ECE confirm half"],
+                         [[h, c["fit"], c["confirm"]] for h, c in calib.items()])),
+              *ambiguity_blocks(amb)]
+    (out / "ambiguity.md").write_text(report.to_markdown(blocks))
+    return {h: {"threshold": a["threshold"], "confirm": a["confirm"], "ece": calib[h]} for h, a in amb.items()}
+
+
+def compare_study(base_path: Path, cand_path: Path, names: list[str], split: str, manifests: str,
+                  out: Path) -> dict:
+    """Release 4.1's rule (``groups.RULE_4_1`` and the unchanged heads) on one split: the group
+    quantities of a base model and of a candidate from their caches of the same rows."""
+    table, base = load_cache(base_path, manifests, split)
+    _, cand = load_cache(cand_path, manifests, split)
+    y = groups.truths(table)
+    held = [i for i, c in enumerate(np.bincount(y["age"], minlength=9)) if c >= groups.MIN_AGE_BIN_N]
+    sums = [groups.group_summary(y, {h: q[h].argmax(-1) for h in ("age", "gender", "race")}, held)
+            for q in (base, cand)]
+    rule = groups.check_rule(sums[1], groups.RULE_4_1)
+    unchanged = groups.unchanged_heads(base, cand, [h for h in base if h != "race"])
+    holds = all(r["ok"] for r in rule.values()) and all(u["ok"] for u in unchanged.values())
+    keys = ["worst_race_recall", "worst_race_gender_recall", "race_accuracy", "race_balanced_accuracy",
+            "gender_accuracy", "gender_gap_across_races", "age_accuracy", "age_balanced_accuracy",
+            "worst_age_bin_recall"]
+    target = {k: f"{'≥' if r['at_least'] else '≤'} {r['bound']}" for k, r in rule.items()}
+    blocks = [("h1", f"Release 4.1 rule on FairFace {split} ({len(table)} rows): {names[0]} vs {names[1]}"),
+              ("p", f"Caches: {np.load(base_path)['model']} and {np.load(cand_path)['model']}. "
+                    f"Rule: reports/release4_1_rule.md. Rule holds: **{'yes' if holds else 'no'}**."),
+              ("table", (["quantity", *names, "target", "holds"],
+                         [[k.replace("_", " "), *[f"{s_[k]:.3f}" for s_ in sums], target.get(k, ""),
+                           ("yes" if rule[k]["ok"] else "**no**") if k in rule else ""] for k in keys])),
+              ("table", (["outputs identical to " + names[0], "max abs diff", "bound", "holds"],
+                         [[h, f"{u['max_abs']:.2e}", u["bound"], "yes" if u["ok"] else "**no**"]
+                          for h, u in unchanged.items()]))]
+    for what, key in (("race recall per true race", "race_recall"),
+                      ("race recall per true race × gender", "race_gender_recall"),
+                      ("gender accuracy per true race", "gender_accuracy_by_race"),
+                      ("age recall per true age bin", "age_recall")):
+        blocks.append(("table", ([what, *names], [[g, *[f"{s_[key][g]:.3f}" for s_ in sums]]
+                                                  for g in sums[0][key]])))
+    result = {"split": split, "rows": len(table), "models": names, "summaries": dict(zip(names, sums)),
+              "rule": rule, "unchanged": unchanged, "holds": holds}
+    write_result(out / "groups.json", result)
+    (out / "groups.md").write_text(report.to_markdown(blocks))
+    return {"rule": rule, "unchanged": unchanged, "holds": holds}
 
 
 def study_blocks(result: dict) -> list:
@@ -391,8 +457,15 @@ def study_blocks(result: dict) -> list:
                      f["fit"]["worst_cell"], f["confirm"]["race_accuracy"], f["confirm"]["worst_race"],
                      f["confirm"]["worst_cell"]] for f in result["frontier"]])),
         ("h2", "Ambiguous answers (release 4 outputs; thresholds from the fit half)"),
+        *ambiguity_blocks(result["ambiguity"]),
     ]
-    for head, a in result["ambiguity"].items():
+    return blocks
+
+
+def ambiguity_blocks(amb: dict) -> list:
+    """Per head: threshold, confirm-half selective accuracy per race and age bin, coverage curve."""
+    blocks = []
+    for head, a in amb.items():
         c = a["confirm"]
         blocks += [
             ("h3", f"{head}: threshold {a['threshold']:.3f} for {a['target']:.2f} accuracy of answered faces"),
@@ -430,6 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--manifests", default="splits/extended")
     t.add_argument("--model", default="models/ff_dlib_resnet150.onnx", help="its model_info.json gives the thresholds")
     t.add_argument("--out", type=Path, required=True)
+    a = sub.add_parser("ambiguity", help="refit the ambiguity thresholds on the val fit half for a cached model")
+    a.add_argument("--cache", type=Path, required=True)
+    a.add_argument("--manifests", default="splits/extended")
+    a.add_argument("--out", type=Path, required=True)
+    m = sub.add_parser("compare", help="release 4.1's rule: group quantities of a base and a candidate cache")
+    m.add_argument("--base", type=Path, required=True)
+    m.add_argument("--candidate", type=Path, required=True)
+    m.add_argument("--names", nargs=2, default=["release 4", "release 4.1"])
+    m.add_argument("--split", default="test")
+    m.add_argument("--manifests", default="splits/extended")
+    m.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("study")
     s.add_argument("--cache", type=Path, required=True)
     s.add_argument("--manifests", default="splits/extended")
@@ -444,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
         embed(args.keras, args.manifests, args.out)
     elif args.cmd == "heads":
         print(head_study(args.embed, args.manifests, args.out))
+    elif args.cmd == "ambiguity":
+        print(json.dumps(ambiguity_study(args.cache, args.manifests, args.out), indent=1))
+    elif args.cmd == "compare":
+        print(json.dumps(compare_study(args.base, args.candidate, args.names, args.split, args.manifests,
+                                       args.out), indent=1))
     elif args.cmd == "selective":
         print(selective_report(args.cache, args.split, args.manifests, args.model, args.out))
     else:

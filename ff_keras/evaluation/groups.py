@@ -48,6 +48,14 @@ RULE = (  # reports/release5_rule.md
     Target("age_accuracy", "age accuracy", 0.55),
 )
 
+RULE_4_1 = (  # reports/release4_1_rule.md (FairFace test); plus outputs of the other heads unchanged
+    Target("worst_race_recall", "worst race recall", 0.45),
+    Target("worst_race_gender_recall", "worst race × gender race recall", 0.35),
+    Target("race_accuracy", "race accuracy", 0.625),
+    Target("race_balanced_accuracy", "balanced race accuracy", 0.625),
+)
+UNCHANGED_ATOL = 1e-6  # release 4.1: age, gender and age_years outputs identical to release 4's
+
 
 def fit_confirm_halves(table: pd.DataFrame, seed: int = 29) -> np.ndarray:
     """True for the fit half: rows shuffled inside each race × gender × age stratum and dealt
@@ -113,10 +121,21 @@ def group_summary(y: Mapping[str, np.ndarray], pred: Mapping[str, np.ndarray],
     }
 
 
-def check_rule(summary: Mapping[str, float]) -> dict[str, dict]:
-    """Each target of ``RULE``: its value, bound and whether it holds."""
+def check_rule(summary: Mapping[str, float], rule: Sequence[Target] = RULE) -> dict[str, dict]:
+    """Each target of ``rule`` (release 5's by default): its value, bound and whether it holds."""
     return {t.key: {"text": t.text, "value": round(float(summary[t.key]), 4),
-                    "bound": t.bound, "at_least": t.at_least, "ok": t.holds(summary[t.key])} for t in RULE}
+                    "bound": t.bound, "at_least": t.at_least, "ok": t.holds(summary[t.key])} for t in rule}
+
+
+def unchanged_heads(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], heads: Sequence[str],
+                    atol: float = UNCHANGED_ATOL) -> dict[str, dict]:
+    """Max abs difference per head between two models' outputs on the same rows, and whether it is
+    within ``atol`` (a step meant to change one head must leave the others as they were)."""
+    out = {}
+    for h in heads:
+        diff = float(np.max(np.abs(np.asarray(after[h], np.float64) - np.asarray(before[h], np.float64))))
+        out[h] = {"max_abs": diff, "bound": atol, "ok": diff <= atol}
+    return out
 
 
 # === Post-network logit biases ===

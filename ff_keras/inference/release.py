@@ -1,12 +1,13 @@
 """The shipped ONNX release written as ``.keras`` and SavedModel, for users who load those formats.
 
 The release's ONNX is more than the network: tf2onnx's export of ``softmax(logits)`` plus, added to
-the graph afterwards (``export.write_adjusted_onnx``), the flip mean, the race prior correction and
-output temperatures. Here the network is rebuilt in Keras from the file's own initializers
-(``convert.onnx_weights``) and wrapped in the same steps with Keras built-in ops, so the ``.keras``
-file loads with plain ``keras.saving.load_model`` (no custom objects) and the SavedModel with
-``tf.saved_model.load``. Both are checked against ONNX Runtime on real faces (``EXPORT_ATOL``), then
-each written file is read back as ``export.py`` checks its own artifacts.
+the graph afterwards (``export.write_adjusted_onnx``), the flip mean, the race prior correction,
+output temperatures and logit biases (release 4.1: race biases per predicted gender). Here the
+network is rebuilt in Keras from the file's own initializers (``convert.onnx_weights``) and wrapped
+in the same steps with Keras built-in ops, so the ``.keras`` file loads with plain
+``keras.saving.load_model`` (no custom objects) and the SavedModel with ``tf.saved_model.load``.
+Both are checked against ONNX Runtime on real faces (``EXPORT_ATOL``), then each written file is
+read back as ``export.py`` checks its own artifacts.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from ff_keras.model_info import ModelInfo, load_info, save_info
 
 def release_keras_model(network, info: ModelInfo):
     """``image`` -> the release's outputs, from the rebuilt logits ``network``: softmax per head,
-    mean over the image and its mirror (``tta == "flip"``), prior correction, output temperatures
-    (``export.adjusted_reference``'s arithmetic, in the graph)."""
+    mean over the image and its mirror (``tta == "flip"``), prior correction, output temperatures,
+    logit biases (optionally per class of another head; ``export.adjusted_reference``'s arithmetic,
+    in the graph)."""
     import keras
     from keras import ops
 
@@ -50,7 +52,15 @@ def release_keras_model(network, info: ModelInfo):
             p = p / ops.sum(p, axis=-1, keepdims=True)
         if head in info.temperature:
             p = ops.softmax(ops.log(ops.clip(p, LOG_EPS, 1.0)) / float(info.temperature[head]), axis=-1)
-        outputs[head] = keras.layers.Identity(name=f"{head}_probs", dtype="float32")(p)
+        outputs[head] = p
+    before = dict(outputs)  # a bias step conditions on the other head's output before any bias step
+    for head, spec in info.logit_bias.items():
+        b = np.asarray(spec["bias"], np.float32)
+        if spec.get("by"):  # one row of biases per face, picked by the other head's predicted class
+            b = ops.take(b, ops.argmax(before[spec["by"]], axis=-1), axis=0)
+        outputs[head] = ops.softmax(ops.log(ops.clip(before[head], LOG_EPS, 1.0)) + b, axis=-1)
+    for head in info.heads:
+        outputs[head] = keras.layers.Identity(name=f"{head}_probs", dtype="float32")(outputs[head])
     for head in info.regression_heads:
         years = sum(out[head] for out in logits) / len(logits)
         outputs[head] = keras.layers.Identity(name=f"{head}_out", dtype="float32")(years)
