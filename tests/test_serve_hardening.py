@@ -1,4 +1,4 @@
-"""Hardening, round two (issue 32): the same bytes an attacker or a careless client sent, against
+"""Hardening, round two: the same bytes an attacker or a careless client sent, against
 a real server on 127.0.0.1. Slow and stalled bodies, idle connection floods, strips and
 decode-cost bombs, one request hogging the model, unusual EXIF, HEAD probes, redirects built
 from the Host header, request heads in one write, SIGTERM with requests in flight and a worker
