@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import functools
 import importlib.util
 import io
 import itertools
@@ -64,6 +65,7 @@ PRODUCED = {
     "artifacts/release4/model.onnx": "dlib_extended-v7h0/best/model.keras --out artifacts/release4",
     "artifacts/release4_adjusted/model.onnx": "--out artifacts/release4_adjusted --flip-tta",
     "~/ff_runs/i29/embed.npz": "group_selection.py embed",
+    "~/ff_runs/r41/release4/*": "git show 782d8a3:ff_keras/release/",
 }
 DEFAULT_DATA_ROOT = "../shared/data"
 # Data the user brings from outside the repository, and the source the docs must name for it.
@@ -205,6 +207,19 @@ def input_paths(args: list[str]) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def documented_outputs(commands: tuple[str, ...]) -> frozenset[str]:
+    """What documented commands write: the values of their ``--out``, ``--out-dir`` and ``--json``."""
+    out = set()
+    for command in commands:
+        try:
+            tokens = _tokens(command)
+        except ValueError:
+            continue
+        out |= {arg for prev, arg in zip(tokens, tokens[1:]) if prev in {"--out", "--out-dir", "--json"}}
+    return frozenset(out)
+
+
 def path_ok(path: str, commands: list[str]) -> str | None:
     """None if ``path`` exists, is a placeholder or is produced by a README command; else why not."""
     if path in PLACEHOLDERS or "<" in path:
@@ -217,6 +232,9 @@ def path_ok(path: str, commands: list[str]) -> str | None:
             return None if source in _docs_text() else f"{path}: the docs no longer say where it comes from"
     if any(Path(p).exists() for p in REPO.glob(path)) or (REPO / path).exists():
         return None
+    for written in documented_outputs(tuple(commands)):  # a documented command writes it (or its folder)
+        if path == written or path.startswith(written.rstrip("/") + "/"):
+            return None
     for pattern, producer in PRODUCED.items():
         if fnmatch.fnmatch(path, pattern) or path.startswith(pattern.rstrip("/") + "/"):
             if any(producer in c for c in commands):
