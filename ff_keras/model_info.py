@@ -41,6 +41,10 @@ class ModelInfo:
     # Per-head class weights the exported probabilities were multiplied by and renormalised
     # with (post-hoc prior correction, ``export.add_prior_correction``); empty = none.
     prior_correction: dict[str, list[float]] = field(default_factory=dict)
+    # Confusion counts of this artifact on val (``annotate.confusion``): {"split", "manifests",
+    # "rows", "heads": {head: [[count true=i, predicted=j]]}}; used to correct composition
+    # estimates of a collection (adjusted classify-and-count). Empty = not measured.
+    val_confusion: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,0 +1,101 @@
+"""One process: parts of ``part_size`` inputs are prepared, classified and committed in turn.
+
+Memory is bounded by one part (its chips and rows), not by the collection: rows leave for
+disk when their part is committed, and inputs are listed lazily (``inputs.iter_inputs``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+from ff_keras.annotate import manifest
+from ff_keras.annotate.inputs import chunked, iter_inputs
+from ff_keras.annotate.stages import Options, finish_part, prepare_part, run_schema
+
+
+@dataclass
+class RunStats:
+    """What one invocation did (parts skipped because a previous run committed them included)."""
+
+    inputs: int = 0
+    faces: int = 0
+    unreadable: int = 0
+    no_face: int = 0
+    parts_written: int = 0
+    parts_skipped: int = 0
+    seconds: float = 0.0
+
+    def add(self, entry: dict) -> None:
+        self.inputs += entry["inputs"]
+        self.faces += entry["faces"]
+        self.unreadable += entry["unreadable"]
+        self.no_face += entry.get("no_face", 0)
+
+
+def run_settings(inputs: Sequence[str], opts: Options) -> dict:
+    """What ``run.json`` records: the inputs as given and every option that shapes the rows."""
+    return {"inputs": [str(i) for i in inputs], **asdict(opts)}
+
+
+def pending_parts(inputs: Sequence[str], opts: Options, committed: Iterable[int]) -> Iterator[tuple[int, list[str]]]:
+    """(index, sources) of every part not yet committed, in input order."""
+    done = set(committed)
+    for index, sources in enumerate(chunked(iter_inputs(inputs), opts.part_size)):
+        if index not in done:
+            yield index, sources
+
+
+class Progress:
+    """tqdm over input files with faces/s in the postfix (tqdm itself shows files/s and the ETA)."""
+
+    def __init__(self, inputs: Sequence[str], done: int, enabled: bool):
+        from tqdm import tqdm
+
+        total = sum(1 for _ in iter_inputs(inputs)) if enabled else None  # a lazy second listing
+        self.bar = tqdm(total=total, initial=done, unit="file", desc="annotate", disable=not enabled,
+                        file=sys.stderr, smoothing=0.1)
+        self.faces, self.start = 0, time.perf_counter()
+
+    def update(self, entry: dict) -> None:
+        self.faces += entry["faces"]
+        rate = self.faces / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate:.1f} faces/s", refresh=False)
+        self.bar.update(entry["inputs"])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_local(inputs: Sequence[str], out: str, opts: Options, predictor=None, progress: bool = False) -> RunStats:
+    """Annotates ``inputs`` into ``out`` (resuming a run already there).
+
+    Args:
+        predictor: a loaded ``Predictor``; default ``load_predictor(opts.model)``.
+    Raises:
+        ValueError: when ``out`` holds a run with other settings.
+    """
+    from ff_keras.inference.predictor import load_predictor
+
+    t0 = time.perf_counter()
+    committed = manifest.start_run(out, run_settings(inputs, opts))
+    predictor = predictor or load_predictor(opts.model, batch_size=opts.batch_size)
+    schema, extras = run_schema(predictor)
+    stats = RunStats(parts_skipped=len(committed))
+    for entry in committed.values():
+        stats.add(entry)
+    bar = Progress(inputs, stats.inputs, progress)
+    try:
+        for index, sources in pending_parts(inputs, opts, committed):
+            prepared = prepare_part(index, sources, opts, predictor.info.image_size)
+            table = finish_part(prepared, predictor, schema, extras)
+            entry = manifest.commit_part(out, index, table, len(sources))
+            stats.add(entry)
+            stats.parts_written += 1
+            bar.update(entry)
+    finally:
+        bar.close()
+    stats.seconds = time.perf_counter() - t0
+    return stats
