@@ -36,7 +36,7 @@ class RunStats:
 
 
 def run_settings(inputs: Sequence[str], opts: Options) -> dict:
-    """What ``run.json`` records: the inputs as given and every option that shapes the rows."""
+    """What ``_run.json`` records: the inputs as given and every option that shapes the rows."""
     return {"inputs": [str(i) for i in inputs], **asdict(opts)}
 
 

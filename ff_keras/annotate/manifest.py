@@ -1,8 +1,8 @@
 """Output folder layout and the commit protocol that makes a killed run resumable and exact.
 
-    DIR/run.json          the run's settings; a resume with other settings is refused
+    DIR/_run.json         the run's settings; a resume with other settings is refused
     DIR/part-000000.parquet, ...   part i = rows of inputs [i * part_size, (i + 1) * part_size)
-    DIR/manifest.jsonl    one line per committed part
+    DIR/_manifest.jsonl   one line per committed part
 
 A part counts only once its manifest line is written. It is written to a temporary name,
 fsynced and renamed, and only then is its line appended (and fsynced). A kill at any point
@@ -22,8 +22,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-RUN_FILE = "run.json"
-MANIFEST = "manifest.jsonl"
+# Leading underscores: pyarrow/pandas skip such files, so ``pd.read_parquet(DIR)`` reads the parts only.
+RUN_FILE = "_run.json"
+MANIFEST = "_manifest.jsonl"
 TMP_SUFFIX = ".tmp"
 
 

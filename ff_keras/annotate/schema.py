@@ -28,7 +28,7 @@ BASE_FIELDS = [
     pa.field("box_y", pa.int32()),
     pa.field("box_w", pa.int32()),
     pa.field("box_h", pa.int32()),
-    pa.field("confidence", pa.float32()),  # the detector's own score; null without detection
+    pa.field("confidence", pa.float64()),  # the detector's own score; null without detection
     pa.field("detector", pa.string()),
     # Crops (``--detector none``) checked against FairFace's framing (``faces.framing``).
     pa.field("framing", pa.string()),
@@ -58,7 +58,7 @@ def build_schema(classes: Mapping[str, Sequence[str]], heads: Sequence[str], ext
     for head in heads:
         fields += [pa.field(head, pa.string()), pa.field(f"{head}_probs", pa.list_(pa.float32()))]
         fields += [pa.field(f"{head}_{k}", t) for k, t in extras.get(head, {}).items()]
-    fields += [pa.field(name, pa.float32()) for name in regression]
+    fields += [pa.field(name, pa.float64()) for name in regression]  # as rounded by the predictor
     meta = {"classes": json.dumps({h: list(classes[h]) for h in heads}), "heads": json.dumps(list(heads))}
     return pa.schema(fields, metadata=meta)
 

@@ -9,6 +9,7 @@ even the float rounding of batched inference is the same.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,10 +21,12 @@ from ff_keras.annotate.inputs import read_bytes
 from ff_keras.data.image_decode import ImageError, decode_image
 from ff_keras.faces.analyze import NO_DETECTOR, _face_fields, _faces_in
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
 
 @dataclass(frozen=True)
 class Options:
-    """What decides a run's rows (stored in ``run.json``; a resume must match)."""
+    """What decides a run's rows (stored in ``_run.json``; a resume must match)."""
 
     model: str
     detector: str = "mtcnn"  # resolved name (``analyze.resolve_detector``) or "none"
@@ -52,7 +55,10 @@ def prepare_part(index: int, sources: Sequence[str], opts: Options, size: int) -
         try:
             rgb = decode_image(read_bytes(source), source).rgb
         except ImageError as err:
-            rows.append(S.error_row(source, "unreadable", f"cannot read image {err}", opts.detector))
+            # Pillow's messages may name an object's address ("<_io.BytesIO object at 0x7f..>"),
+            # which differs from run to run; rows must not.
+            reason = _ADDRESS.sub("", f"cannot read image {err}")
+            rows.append(S.error_row(source, "unreadable", reason, opts.detector))
             continue
         except OSError as err:  # a URL that cannot be fetched
             rows.append(S.error_row(source, "unreadable", f"cannot read {source}: {err}", opts.detector))
