@@ -111,6 +111,7 @@ def test_predictor_extra_keys_are_carried(collection, predictor, tmp_path):
         for item in items:
             item["heads"]["race"]["ambiguous"] = item["heads"]["race"]["probabilities"]["White"] > 0.01
             item["heads"]["race"]["runner_up"] = "Black"
+            item["quality"] = {"blur": 0.5}  # a per-face key that is no scalar: stored as JSON
         return items
 
     predictor.results_from_probs = with_extras
@@ -124,6 +125,7 @@ def test_predictor_extra_keys_are_carried(collection, predictor, tmp_path):
     faces = table.to_pandas().query("status == 'face'")
     white = np.stack(faces.race_probs.to_numpy())[:, 0]
     assert list(faces.race_ambiguous) == list(white > 0.01) and set(faces.race_runner_up) == {"Black"}
+    assert set(faces.quality) == {'{"blur": 0.5}'}
 
 
 def _manifest_lines(out: Path) -> int:
@@ -231,3 +233,18 @@ def test_store_val_confusion_in_sidecar(tmp_path):
     assert np.asarray(info.val_confusion["heads"]["race"]).sum() == 40
     assert confusion_rates(info, "gender").shape == (2, 2)
     assert load_info(SHIPPED_MODEL).val_confusion["rows"] == 3144  # the released sidecar carries it too
+
+
+def test_crops_framing_checked_on_request(fairface_images, predictor, tmp_path):
+    from ff_keras.faces.framing import STATUSES, check_framing
+    from ff_keras.faces.analyze import read_rgb
+
+    crops = [str(p) for p in fairface_images[:3]]
+    out = tmp_path / "out"
+    run_local(crops, str(out), Options(model=MODEL, detector="none", framing="dlib_hog"), predictor)
+    rows = _rows(out)
+    want = [check_framing(read_rgb(p), "dlib_hog").to_dict() for p in crops]
+    assert list(rows.framing) == [w["status"] for w in want] and set(rows.framing) <= set(STATUSES)
+    np.testing.assert_allclose(rows.framing_scale.astype(float), [w["scale"] or np.nan for w in want], atol=1e-3)
+    with pytest.raises(SystemExit):  # framing is a check of crops: refused with detection on
+        main([crops[0], "--out", str(tmp_path / "x"), "--framing", "mtcnn", "--detector", "dlib"])

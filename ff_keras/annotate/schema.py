@@ -35,30 +35,33 @@ BASE_FIELDS = [
     pa.field("framing_scale", pa.float32()),
 ]
 
-_PY_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float32(), str: pa.string()}
+# float64 keeps values the predictor rounded (age_years 23.9) exactly as in its JSON records.
+_PY_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+TOP = ""  # key of the per-face (not per-head) values, such as age_years, in ``extras``
 
 
 def _arrow_type(value) -> pa.DataType:
-    """Arrow type of an extra head value; anything but a scalar is stored as JSON text."""
+    """Arrow type of an extra value; anything but a scalar (or a None) is stored as JSON text."""
     return _PY_TYPES.get(type(value), pa.string())
 
 
-def head_extras(sample: Mapping[str, Mapping]) -> dict[str, dict[str, pa.DataType]]:
-    """Extra keys per head in one ``results_from_probs`` item's ``heads`` (beyond label and probabilities)."""
-    return {
-        head: {k: _arrow_type(v) for k, v in result.items() if k not in ("label", "probabilities")}
-        for head, result in sample.items()
-    }
+def result_extras(sample: Mapping) -> dict[str, dict[str, pa.DataType]]:
+    """The columns one ``results_from_probs`` item calls for beyond label and probabilities:
+    {head: {key: type}} for keys in a head's result, and {TOP: {key: type}} for per-face keys."""
+    extras = {head: {k: _arrow_type(v) for k, v in res.items() if k not in ("label", "probabilities")}
+              for head, res in sample["heads"].items()}
+    extras[TOP] = {k: _arrow_type(v) for k, v in sample.items() if k != "heads"}
+    return extras
 
 
-def build_schema(classes: Mapping[str, Sequence[str]], heads: Sequence[str], extras: Mapping[str, Mapping],
-                 regression: Sequence[str]) -> pa.Schema:
+def build_schema(classes: Mapping[str, Sequence[str]], heads: Sequence[str],
+                 extras: Mapping[str, Mapping]) -> pa.Schema:
     """The run's schema; ``classes`` and ``heads`` as in the model's sidecar."""
     fields = list(BASE_FIELDS)
     for head in heads:
         fields += [pa.field(head, pa.string()), pa.field(f"{head}_probs", pa.list_(pa.float32()))]
         fields += [pa.field(f"{head}_{k}", t) for k, t in extras.get(head, {}).items()]
-    fields += [pa.field(name, pa.float64()) for name in regression]  # as rounded by the predictor
+    fields += [pa.field(k, t) for k, t in extras.get(TOP, {}).items()]
     meta = {"classes": json.dumps({h: list(classes[h]) for h in heads}), "heads": json.dumps(list(heads))}
     return pa.schema(fields, metadata=meta)
 
@@ -83,17 +86,21 @@ def error_row(source: str, status: str, error: str, detector: str) -> dict:
     return {"source": source, "status": status, "error": error, "detector": detector}
 
 
+def _value(v, t: pa.DataType):
+    """``v`` as its column stores it: text columns take JSON for anything but a string."""
+    return v if v is None or not pa.types.is_string(t) or isinstance(v, str) else json.dumps(v)
+
+
 def add_results(row: dict, result: Mapping, probs: Mapping[str, np.ndarray], i: int,
                 extras: Mapping[str, Mapping]) -> dict:
     """Fills one face row from the predictor's result item ``result`` and probability row ``i``."""
     for head, res in result["heads"].items():
         row[head] = res["label"]
         row[f"{head}_probs"] = probs[head][i].tolist()
-        for key in extras.get(head, {}):
-            v = res.get(key)
-            row[f"{head}_{key}"] = v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v)
-    if "age_years" in result:
-        row["age_years"] = result["age_years"]
+        for key, t in extras.get(head, {}).items():
+            row[f"{head}_{key}"] = _value(res.get(key), t)
+    for key, t in extras.get(TOP, {}).items():
+        row[key] = _value(result.get(key), t)
     return row
 
 

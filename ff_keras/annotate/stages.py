@@ -98,7 +98,5 @@ def run_schema(predictor) -> tuple[pa.Schema, dict]:
     """The schema of a run with ``predictor`` and the extra keys per head, found by one call on a
     blank chip (the keys a predictor adds, such as ``ambiguous``, are carried as they come)."""
     blank = np.zeros((1, *predictor.input_shape), np.float32)
-    sample = predictor.predict_results(blank)[0]
-    extras = S.head_extras(sample["heads"])
-    regression = [k for k in sample if k != "heads"]
-    return S.build_schema(predictor.info.classes, predictor.heads, extras, regression), extras
+    extras = S.result_extras(predictor.predict_results(blank)[0])
+    return S.build_schema(predictor.info.classes, predictor.heads, extras), extras
