@@ -248,3 +248,19 @@ def test_crops_framing_checked_on_request(fairface_images, predictor, tmp_path):
     np.testing.assert_allclose(rows.framing_scale.astype(float), [w["scale"] or np.nan for w in want], atol=1e-3)
     with pytest.raises(SystemExit):  # framing is a check of crops: refused with detection on
         main([crops[0], "--out", str(tmp_path / "x"), "--framing", "mtcnn", "--detector", "dlib"])
+
+
+def test_fsspec_url_inputs_and_bad_model(fairface_images, predictor, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    for p in fairface_images[:2]:
+        fs.pipe(f"/i31photos/{p.name}", p.read_bytes())
+    sources = list(iter_inputs(["memory://i31photos"]))
+    assert [s.rsplit("/", 1)[1] for s in sources] == sorted(p.name for p in fairface_images[:2])
+    out = tmp_path / "out"
+    run_local(["memory://i31photos"], str(out), Options(model=MODEL, detector="none"), predictor)
+    rows = _rows(out)
+    assert list(rows.status) == ["face", "face"] and list(rows.source) == sources
+    # A missing model: exit status 2 with its name, and the folder is not claimed by that run.
+    assert main(["memory://i31photos", "--out", str(tmp_path / "o2"), "--model", str(tmp_path / "no.onnx")]) == 2
+    assert not (tmp_path / "o2" / manifest.RUN_FILE).exists()

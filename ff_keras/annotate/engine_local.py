@@ -80,8 +80,9 @@ def run_local(inputs: Sequence[str], out: str, opts: Options, predictor=None, pr
     from ff_keras.inference.predictor import load_predictor
 
     t0 = time.perf_counter()
-    committed = manifest.start_run(out, run_settings(inputs, opts))
+    # The model first: a wrong --model must fail before the folder records this run's settings.
     predictor = predictor or load_predictor(opts.model, batch_size=opts.batch_size)
+    committed = manifest.start_run(out, run_settings(inputs, opts))
     schema, extras = run_schema(predictor)
     stats = RunStats(parts_skipped=len(committed))
     for entry in committed.values():

@@ -69,11 +69,11 @@ def run_ray(inputs: Sequence[str], out: str, opts: Options, address: str | None 
     from ff_keras.inference.predictor import load_predictor
 
     t0 = time.perf_counter()
-    committed = manifest.start_run(out, run_settings(inputs, opts))
     # The driver checks the model once (clear error here, not in a worker) and knows its size.
     predictor = load_predictor(opts.model, batch_size=opts.batch_size)
     size = predictor.info.image_size
     del predictor
+    committed = manifest.start_run(out, run_settings(inputs, opts))
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files and faces
