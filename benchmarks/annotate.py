@@ -2,7 +2,10 @@
 and peak RSS at two collection sizes.
 
     python benchmarks/annotate.py --json ~/ff_runs/annotate_bench.json [--detector none] [--sizes 1000 10000]
-        [--compare 10000] [--ray 5000] [--repeats 2] [--work DIR]
+        [--compare 10000] [--ray 5000] [--repeats 2] [--work DIR] [--audit-split test] [--skip-speed]
+
+``--audit-split``: the composition check first: every FairFace row of that split (committed
+split, crops) annotated and audited; each estimator's largest error against the known labels.
 
 Images are FairFace crops (val, then train, sorted by name). Every measurement runs in a fresh
 child process, so its peak RSS (``ru_maxrss``) is its own: for Ray that is the driver's only
@@ -105,6 +108,38 @@ def measure(kind: str, n: int, work: Path, args) -> dict:
     return result
 
 
+def audit_check(split: str, model: str, work: Path, n_boot: int = 200) -> dict:
+    """Annotates every FairFace ``split`` row of the committed split (crops, no detection) and
+    compares each estimator's composition with the known labels: largest error per grouping."""
+    import numpy as np
+    import pandas as pd
+
+    from ff_keras.annotate import audit
+    from ff_keras.annotate.engine_local import run_local
+    from ff_keras.annotate.report import run_audit
+    from ff_keras.annotate.stages import Options
+
+    rows = pd.read_csv(HERE.parents[1] / "splits" / "fairface.csv")
+    rows = rows[rows.split == split].sort_values("rel_path")
+    listing = work / f"fairface_{split}.csv"
+    pd.DataFrame({"path": [str(resolve_data_root() / p) for p in rows.rel_path]}).to_csv(listing, index=False)
+    out = work / f"audit_{split}"
+    run_local([str(listing)], str(out), Options(model=model, detector="none"))
+    doc = run_audit(out, n_boot=n_boot)
+    result = {"split": split, "rows": len(rows)}
+    for name, column in (("race", "race"), ("gender", "gender"), ("age", "age_bin")):
+        g = doc["groupings"][name]
+        truth = rows[column].value_counts(normalize=True).reindex(g["classes"]).fillna(0).to_numpy()
+        errors = {e: round(audit.largest_error(np.array(g[e]["share"]), truth), 4) for e in audit.ESTIMATORS}
+        result[name] = {"largest_error": errors, "truth": truth.round(4).tolist(),
+                        **{e: np.round(g[e]["share"], 4).tolist() for e in audit.ESTIMATORS}}
+        print(f"FairFace {split} {name:6s} largest error: " + ", ".join(f"{e} {100 * v:.1f} pt"
+                                                                          for e, v in errors.items()), flush=True)
+    r = result["race"]["largest_error"]
+    result["race_adjusted_over_argmax"] = round(r["adjusted"] / r["argmax"], 3)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=default_model())
@@ -115,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-model-actors", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1, help="alternating predict.py / local pairs")
     ap.add_argument("--work", default=None, help="scratch folder for outputs (default: a temp folder)")
+    ap.add_argument("--audit-split", default="test", help="FairFace split for the composition check ('' = skip)")
+    ap.add_argument("--skip-speed", action="store_true", help="only the composition check")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--list", default=None, help=argparse.SUPPRESS)
@@ -128,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {describe(facts)}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
+        check = audit_check(args.audit_split, args.model, work) if args.audit_split else None
+        if args.skip_speed:
+            return _write(args.json, {"model": args.model, "audit_check": check, "machine": facts})
         pairs = []
         for _ in range(args.repeats):
             p = measure("predict", args.compare, work, args)
@@ -145,16 +185,21 @@ def main(argv: list[str] | None = None) -> int:
         "local_by_size": {str(n): sizes[n] for n in sorted(sizes)},
         "peak_rss_growth": round(max(rss) / min(rss) - 1, 3),
         "ray": ray, "local_same_images_as_ray": ray_local,
+        "audit_check": check,
         "machine": facts, "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     print(f"local / predict.py throughput: {doc['throughput_ratio_local_over_predict']} (target >= 0.9)")
     listed = ", ".join(f"{n}: {sizes[n]['peak_rss_mb']} MB" for n in sorted(sizes))
     print(f"peak RSS {listed}: "
           f"growth {doc['peak_rss_growth']:.1%} (target <= 10 %)")
-    if args.json:
-        Path(args.json).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).expanduser().write_text(json.dumps(doc, indent=2))
-        print(f"wrote {args.json}")
+    return _write(args.json, doc)
+
+
+def _write(path: str | None, doc: dict) -> int:
+    if path:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(path).expanduser().write_text(json.dumps(doc, indent=2))
+        print(f"wrote {path}")
     return 0
 
 
