@@ -1,6 +1,6 @@
-"""One process: parts of ``part_size`` inputs are prepared, classified and committed in turn.
+"""One process: parts of ``part_size`` inputs are prepared, classified and committed in order.
 
-Memory is bounded by one part (its chips and rows), not by the collection: rows leave for
+Memory is bounded by two parts (their chips and rows), not by the collection: rows leave for
 disk when their part is committed, and inputs are listed lazily (``inputs.iter_inputs``).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from ff_keras.annotate import manifest
@@ -88,14 +89,26 @@ def run_local(inputs: Sequence[str], out: str, opts: Options, predictor=None, pr
     for entry in committed.values():
         stats.add(entry)
     bar = Progress(inputs, stats.inputs, progress)
+    parts = pending_parts(inputs, opts, committed)
+    size = predictor.info.image_size
+
+    def prepare_next(pool: ThreadPoolExecutor) -> Future | None:
+        item = next(parts, None)
+        return None if item is None else pool.submit(prepare_part, *item, opts, size)
+
+    # One part is decoded and detected in a thread while the model runs on the one before
+    # (ONNX Runtime, Pillow and the detectors release the GIL): two parts in memory at most.
     try:
-        for index, sources in pending_parts(inputs, opts, committed):
-            prepared = prepare_part(index, sources, opts, predictor.info.image_size)
-            table = finish_part(prepared, predictor, schema, extras)
-            entry = manifest.commit_part(out, index, table, len(sources))
-            stats.add(entry)
-            stats.parts_written += 1
-            bar.update(entry)
+        with ThreadPoolExecutor(1, thread_name_prefix="annotate-prepare") as pool:
+            pending = prepare_next(pool)
+            while pending is not None:
+                prepared = pending.result()
+                pending = prepare_next(pool)
+                table = finish_part(prepared, predictor, schema, extras)
+                entry = manifest.commit_part(out, prepared.index, table, prepared.inputs)
+                stats.add(entry)
+                stats.parts_written += 1
+                bar.update(entry)
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - t0
