@@ -8,7 +8,7 @@ and peak RSS at two collection sizes.
 split, crops) annotated and audited; each estimator's largest error against the known labels.
 
 Images are FairFace crops (val, then train, sorted by name). Every measurement runs in a fresh
-child process, so its peak RSS (``ru_maxrss``) is its own: for Ray that is the driver's only
+child process, so its peak RSS (VmHWM) is its own: for Ray that is the driver's only
 (Ray's workers are separate processes, not counted). Timings run from the call into the
 library to its return (model loading included for both CLIs; Ray's start-up reported apart).
 ``--repeats`` alternates predict.py and the local engine, so a change in the machine's load
@@ -47,6 +47,14 @@ def image_list(n: int) -> list[str]:
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory, MB. VmHWM, not ``ru_maxrss``: Linux keeps ru_maxrss
+    across exec, so a child would report its parent's peak if that was higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
