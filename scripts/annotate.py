@@ -1,8 +1,7 @@
-"""Annotate a photo collection into resumable Parquet, audit its composition (see ff_keras/cli/annotate.py).
+"""Annotate a photo collection into resumable Parquet (see ff_keras/cli/annotate.py).
 
     python scripts/annotate.py INPUT... --out DIR [--engine local|ray] [--detector none] [--summary]
-    python scripts/annotate.py audit DIR
-    python scripts/annotate.py confusion --model models/ff_dlib_resnet150.onnx
+    python scripts/annotate.py audit DIR          # the same as scripts/audit.py DIR
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from PIL import Image
 from test_faces import multi_person_photo
 
 from ff_keras.annotate import audit, manifest
-from ff_keras.annotate.confusion import confusion_counts, confusion_rates, store_val_confusion
+from ff_keras.annotate.confusion import confusion_counts, confusion_rates
 from ff_keras.annotate.engine_local import run_local
 from ff_keras.annotate.inputs import iter_inputs
 from ff_keras.annotate.report import face_probs
@@ -227,7 +227,7 @@ def test_store_val_confusion_in_sidecar(tmp_path):
     (tmp_path / "model_info.json").write_text(json.dumps(sidecar))
     with pytest.raises(ValueError, match="no val confusion"):
         confusion_rates(load_info(tmp_path / "m.onnx"), "race")
-    store_val_confusion(tmp_path / "m.onnx", limit=40)
+    assert main(["audit", "--store-val-confusion", "--model", str(tmp_path / "m.onnx"), "--limit", "40"]) == 0
     info = load_info(tmp_path / "m.onnx")
     assert info.val_confusion["rows"] == 40 and info.val_confusion["split"] == "val"
     assert np.asarray(info.val_confusion["heads"]["race"]).sum() == 40

@@ -75,6 +75,6 @@ def confusion_rates(info: model_info.ModelInfo, head: str) -> np.ndarray:
     counts = info.val_confusion.get("heads", {}).get(head)
     if counts is None:
         raise ValueError(f"the model's {model_info.INFO_NAME} has no val confusion for {head!r}; run "
-                         "`python scripts/annotate.py confusion --model MODEL` to measure and store it")
+                         "`python scripts/audit.py --store-val-confusion --model MODEL` to measure and store it")
     cm = np.asarray(counts, dtype=np.float64)
     return cm / np.maximum(cm.sum(axis=1, keepdims=True), 1.0)

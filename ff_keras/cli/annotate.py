@@ -2,8 +2,8 @@
 
     ff-keras annotate INPUT... --out DIR [--engine local|ray] [--ray-address ADDR] [--detector mtcnn|dlib|none]
         [--framing DETECTOR] [--part-size N] [--batch-size N] [--summary]
-    ff-keras annotate audit DIR [--model MODEL] [--n-boot N]
-    ff-keras annotate confusion --model MODEL [--manifests splits] [--limit N]
+    ff-keras annotate audit DIR [--model MODEL] [--n-boot N]              (also: scripts/audit.py)
+    ff-keras annotate audit --store-val-confusion --model MODEL           (once per new model)
 
 INPUT: image files, folders (walked recursively, in sorted order), text or CSV lists of paths
 (.txt/.lst/.csv/.tsv; relative paths are taken relative to the list), or fsspec URLs (s3://...)
@@ -82,49 +82,45 @@ def annotate_main(argv: list[str] | None = None) -> int:
 
 
 def audit_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="annotate audit", description="Composition audit of an annotate run.")
-    ap.add_argument("out", metavar="DIR", help="an annotate output folder")
-    ap.add_argument("--model", default=None, help="model whose sidecar has the val confusion (default: the run's)")
+    ap = argparse.ArgumentParser(
+        prog="audit", description="Composition audit of an annotate run (audit.md/.html/.json/.png in DIR); "
+        "with --store-val-confusion, first measure the model's confusion matrix per head on FairFace val "
+        "and store it in its model_info.json (every new model needs it for the adjusted estimate).")
+    ap.add_argument("out", nargs="?", metavar="DIR", help="an annotate output folder")
+    ap.add_argument("--model", default=None, help="model whose sidecar has the val confusion (default: the run's; "
+                    "with --store-val-confusion: $FF_MODEL, else the shipped model)")
+    ap.add_argument("--store-val-confusion", action="store_true", help="measure and store the model's val confusion")
+    ap.add_argument("--manifests", default="splits", help="split manifests for --store-val-confusion (FairFace val)")
+    ap.add_argument("--limit", type=int, default=0, help="--store-val-confusion on at most this many rows (0 = all)")
     ap.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of faces")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--level", type=float, default=0.95, help="CI level")
     args = ap.parse_args(argv)
+    if args.out is None and not args.store_val_confusion:
+        ap.error("give a run folder DIR, --store-val-confusion, or both")
+    from ff_keras.annotate.confusion import store_val_confusion
     from ff_keras.annotate.report import markdown, run_audit
 
     try:
-        doc = run_audit(args.out, args.model, args.n_boot, args.seed, args.level)
+        if args.store_val_confusion:
+            model = args.model or default_model()
+            path = store_val_confusion(model, manifests_dir=args.manifests, limit=args.limit)
+            print(f"stored the val confusion per head of {model} in {path}", file=sys.stderr)
+        if args.out is not None:
+            doc = run_audit(args.out, args.model, args.n_boot, args.seed, args.level)
+            print(markdown(doc))
+            print(f"wrote audit.md, audit.html, audit.json and audit.png to {args.out}", file=sys.stderr)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(markdown(doc))
-    print(f"wrote audit.md, audit.html, audit.json and audit.png to {args.out}", file=sys.stderr)
     return 0
 
 
-def confusion_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="annotate confusion",
-                                 description="Measure the model's confusion matrix per head on val and store it "
-                                             "in its model_info.json (needed by the adjusted estimate).")
-    ap.add_argument("--model", default=default_model(), help=MODEL_HELP)
-    ap.add_argument("--manifests", default="splits", help="split manifests folder (FairFace val rows are used)")
-    ap.add_argument("--limit", type=int, default=0, help="at most this many val rows (0 = all)")
-    args = ap.parse_args(argv)
-    from ff_keras.annotate.confusion import store_val_confusion
-
-    try:
-        path = store_val_confusion(args.model, manifests_dir=args.manifests, limit=args.limit)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"stored the val confusion per head in {path}")
-    return 0
-
-
-COMMANDS = {"audit": audit_main, "confusion": confusion_main}
+COMMANDS = {"audit": audit_main}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``annotate INPUT...``, ``annotate audit DIR`` or ``annotate confusion --model M``."""
+    """``annotate INPUT...`` or ``annotate audit [DIR] [--store-val-confusion]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
