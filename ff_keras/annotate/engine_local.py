@@ -82,7 +82,9 @@ def run_local(inputs: Sequence[str], out: str, opts: Options, predictor=None, pr
 
     t0 = time.perf_counter()
     # The model first: a wrong --model must fail before the folder records this run's settings.
-    predictor = predictor or load_predictor(opts.model, batch_size=opts.batch_size)
+    # No spinning: ONNX Runtime's idle threads would busy-wait on the cores the thread decoding
+    # the next part needs (measured on 2 cores: 3-10 % more faces/s without spinning).
+    predictor = predictor or load_predictor(opts.model, batch_size=opts.batch_size, spinning=False)
     committed = manifest.start_run(out, run_settings(inputs, opts))
     schema, extras = run_schema(predictor)
     stats = RunStats(parts_skipped=len(committed))
