@@ -49,6 +49,10 @@ class ModelInfo:
     # Post-network logit biases of the exported graph (``export.add_logit_bias``), per head:
     # ``{"by": None | other head, "bias": [C] | [G, C]}``; empty = none.
     logit_bias: dict[str, dict] = field(default_factory=dict)
+    # Confusion counts of this artifact on val (``annotate.confusion``): {"split", "manifests",
+    # "rows", "heads": {head: [[count true=i, predicted=j]]}}; used to correct composition
+    # estimates of a collection (adjusted classify-and-count). Empty = not measured.
+    val_confusion: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 

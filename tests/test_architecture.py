@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ff_keras"
 # "core" holds the contracts every stage shares (config, label schema, sidecar, paths).
 STAGES: tuple[str, ...] = (
     "core", "data", "splits", "models", "convert", "training", "inference", "evaluation", "faces", "serve",
-    "api", "cli",
+    "api", "annotate", "cli",
 )
 CORE = {"ff_keras.config", "ff_keras.labels", "ff_keras.machine", "ff_keras.model_info", "ff_keras.paths",
         "ff_keras.version"}

@@ -23,7 +23,7 @@ def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def test_help_lists_every_subcommand():
     out = _run("-m", "ff_keras", "--help")
     assert out.returncode == 0, out.stderr
-    for name in ("predict", "serve", "train", "evaluate", "export"):
+    for name in ("predict", "serve", "train", "evaluate", "export", "annotate", "audit"):
         assert name in COMMANDS and f"    {name} " in out.stdout, out.stdout
     bad = _run("-m", "ff_keras", "frobnicate")
     assert bad.returncode == 2 and "invalid choice: 'frobnicate'" in bad.stderr

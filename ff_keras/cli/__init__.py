@@ -21,12 +21,15 @@ COMMANDS: dict[str, str] = {
     "evaluate": "held-out evaluation report: metrics, calibration, fairness slices, plots ([train] extra)",
     "export": "checkpoint -> .keras, SavedModel and ONNX with parity checks; --release: the shipped "
               "model as .keras and SavedModel ([train] extra)",
+    "annotate": "a photo collection -> resumable Parquet, one row per face (local or --engine ray)",
+    "audit": "composition of an annotated collection: argmax, summed probabilities, confusion-adjusted",
 }
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="ff-keras", description="Age, gender and race from faces: predict, serve, train, evaluate, export.",
+        prog="ff-keras",
+        description="Age, gender and race from faces: predict, serve, annotate, audit, train, evaluate, export.",
         epilog="Run 'ff-keras <command> --help' for a command's options.",
     )
     ap.add_argument("--version", action="version", version=f"ff_keras {__version__}")
