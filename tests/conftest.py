@@ -48,3 +48,19 @@ def fairface_images(data_root) -> list[Path]:
     from ff_keras.data.crops import fairface_val_crops
 
     return fairface_val_crops(data_root, 16)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, data_root) -> Path:
+    """One tiny exported ONNX model (32 px ResNet-18) that the service tests serve; read-only: a test
+    that changes a model file copies it first."""
+    from export_helpers import tiny_export
+
+    return tiny_export(tmp_path_factory.mktemp("tiny_onnx"), data_root, formats=("onnx",), n_images=16) / "model.onnx"
+
+
+@pytest.fixture(scope="session")
+def face(data_root) -> bytes:
+    """The bytes of one real FairFace crop (val 1.jpg), the face the service tests send."""
+    return (data_root / "fairface" / "val" / "1.jpg").read_bytes()
+

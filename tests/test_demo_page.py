@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 from PIL import Image
 import pytest
-from export_helpers import tiny_export
 
 from ff_keras import labels
 from studies.loadtest import running_server
@@ -23,9 +22,8 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, data_root):
-    model = tiny_export(tmp_path_factory.mktemp("demo"), data_root, formats=("onnx",), n_images=16) / "model.onnx"
-    with running_server(model) as url:
+def server(tiny_onnx):
+    with running_server(tiny_onnx) as url:
         yield url
 
 

@@ -8,7 +8,6 @@ import io
 import httpx
 import numpy as np
 import pytest
-from export_helpers import tiny_export
 from PIL import Image
 
 from ff_keras import labels
@@ -20,8 +19,8 @@ SERVER_ARGS = ["--max-upload-mb", "0.5", "--max-request-mb", "2", "--max-pixels"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, data_root):
-    return tiny_export(tmp_path_factory.mktemp("serve"), data_root, formats=("onnx",), n_images=16) / "model.onnx"
+def model(tiny_onnx):
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +28,6 @@ def server(model, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "serve.log"
     with running_server(model, SERVER_ARGS, log_path=log) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def face(data_root) -> bytes:
-    return (data_root / "fairface" / "val" / "1.jpg").read_bytes()
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:

@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from export_helpers import REPO, tiny_export
+from export_helpers import REPO
 from fault_corpus import corpus, encode, face_as_16bit
 from PIL import Image
 
@@ -26,19 +26,14 @@ ARGS = ["--detector", "none", "--max-pixels", "4000000", "--max-request-pixels",
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, data_root):
-    return tiny_export(tmp_path_factory.mktemp("faults"), data_root, formats=("onnx",), n_images=16) / "model.onnx"
+def model(tiny_onnx):
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
     with running_server(model, ARGS, log_path=tmp_path_factory.mktemp("logs") / "serve.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def face(data_root) -> bytes:
-    return (data_root / "fairface" / "val" / "1.jpg").read_bytes()
 
 
 def _server_rss_mb(url: str) -> float:

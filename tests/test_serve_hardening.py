@@ -18,7 +18,7 @@ import tracemalloc
 import httpx
 import numpy as np
 import pytest
-from export_helpers import REPO, tiny_export
+from export_helpers import REPO
 from fault_corpus import encode, progressive_jpeg_with_scans, unusual_exif_jpegs
 from PIL import Image
 
@@ -29,19 +29,14 @@ ARGS = ["--detector", "none", "--limit-concurrency", "8", "--max-connections", "
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, data_root):
-    return tiny_export(tmp_path_factory.mktemp("hardening"), data_root, formats=("onnx",), n_images=16) / "model.onnx"
+def model(tiny_onnx):
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
     with running_server(model, ARGS, log_path=tmp_path_factory.mktemp("logs") / "serve.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def face(data_root) -> bytes:
-    return (data_root / "fairface" / "val" / "1.jpg").read_bytes()
 
 
 def _port(url: str) -> int:
