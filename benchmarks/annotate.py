@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
 
     facts = machine_facts()
     print(f"machine: {describe(facts)}", flush=True)
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+    if args.work:
+        Path(args.work).expanduser().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.work and str(Path(args.work).expanduser())) as tmp:
         work = Path(tmp)
         check = audit_check(args.audit_split, args.model, work) if args.audit_split else None
         if args.skip_speed:
