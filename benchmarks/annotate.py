@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from ff_keras.data.readers import resolve_data_root
-from ff_keras.machine import describe, machine_facts
+from ff_keras.machine import describe, machine_facts, write_result
 from ff_keras.paths import default_model
 
 HERE = Path(__file__).resolve()
@@ -218,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(path: str | None, doc: dict) -> int:
     if path:
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        Path(path).expanduser().write_text(json.dumps(doc, indent=2))
-        print(f"wrote {path}")
+        write_result(path, doc)
     return 0
 
 

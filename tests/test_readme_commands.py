@@ -72,7 +72,7 @@ DEFAULT_DATA_ROOT = "../shared/data"
 EXTERNAL = {"~/ff_data/raw/": "sumanvithaeadala/EthnicityDetection"}
 # Stand-ins for the user's own files and ids in synopsis lines (not files of the repository).
 PLACEHOLDERS = {"PATH", "NAME", "ID", "FILE.pth", "photo.jpg", "photos/", "face.jpg", "file=@face.jpg"}
-OUTPUT_FLAGS = {"--out", "--json", "--cache"}  # what these name is written (or resumed), not read
+OUTPUT_FLAGS = {"--out", "--json", "--cache", "--work"}  # what these name is written (or resumed), not read
 PATH_LIKE = re.compile(r"(/|\.(ya?ml|onnx|keras|npz|json|csv|pth|pt|jpg|png|txt)$)")
 OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_]+)*=")
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
@@ -222,7 +222,7 @@ def documented_outputs(commands: tuple[str, ...]) -> frozenset[str]:
 
 def path_ok(path: str, commands: list[str]) -> str | None:
     """None if ``path`` exists, is a placeholder or is produced by a README command; else why not."""
-    if path in PLACEHOLDERS or "<" in path:
+    if path in PLACEHOLDERS or "<" in path or "://" in path:  # a URL (s3://...) is the user's, not a file here
         return None
     if path.startswith(DEFAULT_DATA_ROOT):  # the README's data root; a clone elsewhere sets FF_DATA_ROOT
         return None if (resolve_data_root() / path[len(DEFAULT_DATA_ROOT):].lstrip("/")).exists() else (
