@@ -368,3 +368,31 @@ def test_decode_limits_are_the_clis_too(tmp_path):
     Image.new("RGB", (8000, 32), "gray").save(path)
     with pytest.raises(ValueError, match="strip.png: image is 8000x32, an aspect ratio of 250:1"):
         read_rgb(path)
+
+
+def test_large_buffers_go_back_to_the_os():
+    """glibc's dynamic mmap threshold let large decode buffers pile up in thread arenas (peak 1,000 MB
+    under the hostile mix against 728 MB with the threshold fixed); the service fixes it at start."""
+    import ctypes
+
+    from ff_keras.serve.limits import return_large_buffers_to_os
+
+    assert return_large_buffers_to_os()  # glibc: the setting was accepted
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free(ctypes.c_void_p(libc.malloc(4 << 20)))  # unfixed, this free lifts the threshold past 4 MB
+    before = _rss_kb()
+    blocks = [libc.malloc(4 << 20) for _ in range(16)]  # 64 MB in 4 MB blocks, touched below
+    pin = libc.malloc(64 << 10)  # a live block above them, so the heap cannot simply be trimmed
+    for b in blocks:
+        ctypes.memset(b, 1, 4 << 20)
+    for b in blocks:
+        libc.free(ctypes.c_void_p(b))
+    grown_mb = (_rss_kb() - before) / 1024
+    libc.free(ctypes.c_void_p(pin))
+    assert grown_mb < 16, f"freed 4 MB blocks stayed resident ({grown_mb:.0f} MB)"
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

@@ -43,6 +43,9 @@ class MTCNN:
         if threads:  # small networks: one thread each, so several detecting threads run in parallel
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        # Every pyramid level and candidate count is a new input shape: ONNX Runtime's memory arena
+        # would keep the largest ever seen (a 144-face photo) for the life of the process.
+        opts.enable_cpu_mem_arena = False
         self._nets = {}
         for name in ("pnet", "rnet", "onet"):
             path = MTCNN_WEIGHTS / f"mtcnn_{name}.onnx"

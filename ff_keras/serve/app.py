@@ -51,7 +51,9 @@ from ff_keras.data.image_decode import (
 from ff_keras.inference.predictor import Predictor, load_predictor, prepare_face
 from ff_keras.serve import schemas
 from ff_keras.serve.batching import MicroBatcher
-from ff_keras.serve.limits import BodyLimit, ConcurrencyLimit, Drain, DrainState, drain_on_sigterm
+from ff_keras.serve.limits import (
+    BodyLimit, ConcurrencyLimit, Drain, DrainState, drain_on_sigterm, return_large_buffers_to_os,
+)
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = tuple(FORMATS.values())
@@ -516,6 +518,7 @@ def create_app(
     """Builds the service for ``model_path`` (``.onnx`` recommended; ``.keras``/SavedModel work)."""
     settings = settings or ServeSettings()
     settings.model_path = str(model_path)
+    return_large_buffers_to_os()
     face_pipeline = _resolve_face_pipeline(settings, face_pipeline)
     predictor = predictor or load_checked_predictor(settings)
     batcher = MicroBatcher(predictor.predict, settings.max_batch, settings.max_wait_ms, settings.batching)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 
 import httptools
@@ -31,6 +32,29 @@ Scope = dict
 Message = dict
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+# glibc raises its mmap threshold up to 32 MB each time a large mmap'd block is freed, so after a
+# few big decodes (a 40 Mpixel PNG is 159 MB) later large arrays come from the heap arenas of the
+# decode threads and stay with the process when freed: RSS ratchets up to the worst mix seen.
+# A fixed threshold keeps every block over it mmap'd, and munmap'd (returned) when freed.
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+
+
+def return_large_buffers_to_os(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fixes glibc's mmap threshold so that large image buffers go back to the OS when freed.
+
+    Returns False where the C library is not glibc (nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
 
 
 # Paths a readiness probe uses: never refused for load, so health checks are not starved.
@@ -237,7 +261,11 @@ class Drain:
 
 def drain_on_sigterm(drain: DrainState) -> None:
     """Chains ``drain.start`` in front of the SIGTERM/SIGINT handlers uvicorn installed (call it
-    from the app's lifespan startup, which runs inside uvicorn's signal capture)."""
+    from the app's lifespan startup, which runs inside uvicorn's signal capture). Outside the main
+    thread (an in-process test client runs the lifespan in a thread) there is no process signal
+    to chain, and Python refuses to install handlers there, so nothing is done."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
         if not callable(previous):
