@@ -35,6 +35,13 @@ class RunStats:
         self.unreadable += entry["unreadable"]
         self.no_face += entry.get("no_face", 0)
 
+    def commit(self, out, index: int, table, inputs, bar) -> None:  # noqa: ANN001 - Path, pa.Table, tqdm
+        """Commits one part (Parquet file, then its manifest line) and counts it; both engines call this."""
+        entry = manifest.commit_part(out, index, table, inputs)
+        self.add(entry)
+        self.parts_written += 1
+        bar.update(entry)
+
 
 def run_settings(inputs: Sequence[str], opts: Options) -> dict:
     """What ``_run.json`` records: the inputs as given and every option that shapes the rows."""
@@ -107,10 +114,7 @@ def run_local(inputs: Sequence[str], out: str, opts: Options, predictor=None, pr
                 prepared = pending.result()
                 pending = prepare_next(pool)
                 table = finish_part(prepared, predictor, schema, extras)
-                entry = manifest.commit_part(out, prepared.index, table, prepared.inputs)
-                stats.add(entry)
-                stats.parts_written += 1
-                bar.update(entry)
+                stats.commit(out, prepared.index, table, prepared.inputs, bar)
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - t0

@@ -94,10 +94,7 @@ def run_ray(inputs: Sequence[str], out: str, opts: Options, address: str | None 
                                 memory=MODEL_ACTOR_MEMORY)
             for row in ds.iter_rows():
                 table = pa.ipc.open_stream(row["table"]).read_all()
-                entry = manifest.commit_part(out, int(row["part"]), table, int(row["inputs"]))
-                stats.add(entry)
-                stats.parts_written += 1
-                bar.update(entry)
+                stats.commit(out, int(row["part"]), table, int(row["inputs"]), bar)
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - t0
