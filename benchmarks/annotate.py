@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.machine import describe, machine_facts, write_result
-from ff_keras.paths import default_model
+from ff_keras.paths import add_model_argument
 
 HERE = Path(__file__).resolve()
 
@@ -156,7 +156,7 @@ def audit_check(split: str, model: str, work: Path, n_boot: int = 200) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=default_model())
+    add_model_argument(ap)
     ap.add_argument("--detector", default="none", help="'none' = the images are crops (default); or mtcnn, dlib_hog")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="local engine RSS at these sizes")
     ap.add_argument("--compare", type=int, default=10000, help="images for local engine vs predict.py")

@@ -21,14 +21,12 @@ from ff_keras.evaluation import robustness
 from ff_keras.splits import build as splits
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.machine import describe, machine_facts, write_result
-from ff_keras.paths import default_model
+from ff_keras.paths import add_model_argument
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=default_model(),
-                    help=".keras, SavedModel or .onnx with model_info.json"
-                    " (default: $FF_MODEL, else the shipped models/ff_dlib_resnet150.onnx)")
+    add_model_argument(ap)
     ap.add_argument("--split", default="val", choices=splits.SPLITS)
     ap.add_argument("--manifests", default="splits", help="manifest folder (relative to the repo root)")
     ap.add_argument("--limit", type=int, default=800, help="first N FairFace rows of the split (0 = all)")

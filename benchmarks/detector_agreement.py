@@ -21,16 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.faces.detect import DETECTORS, MIN_FACE
 from ff_keras.data.crops import fairface_val_crops
-from ff_keras.paths import default_model
+from ff_keras.paths import add_model_argument
 from studies.faces import detector_agreement, make_photos
 from ff_keras.machine import write_result
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=default_model(),
-                    help=".keras, SavedModel or .onnx with model_info.json"
-                    " (default: $FF_MODEL, else the shipped models/ff_dlib_resnet150.onnx)")
+    add_model_argument(ap)
     ap.add_argument("--faces", type=int, default=300)
     ap.add_argument("--detectors", nargs=2, default=["mtcnn", "dlib_hog"], choices=DETECTORS)
     ap.add_argument("--min-face", type=int, default=MIN_FACE)

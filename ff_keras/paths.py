@@ -46,3 +46,12 @@ def default_model() -> str:
     import os
 
     return os.environ.get(MODEL_ENV) or str(SHIPPED_MODEL)
+
+
+MODEL_HELP = (".onnx, .keras or SavedModel folder with model_info.json beside it "
+              "(default: $FF_MODEL, else the shipped models/ff_dlib_resnet150.onnx)")
+
+
+def add_model_argument(parser) -> None:  # noqa: ANN001 - an argparse.ArgumentParser
+    """The ``--model`` option every command shares: one default (``default_model``), one help text."""
+    parser.add_argument("--model", default=default_model(), help=MODEL_HELP)

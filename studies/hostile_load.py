@@ -30,7 +30,7 @@ from PIL import Image
 
 from ff_keras.data.readers import resolve_data_root
 from ff_keras.machine import write_result
-from ff_keras.paths import REPO, default_model
+from ff_keras.paths import REPO, add_model_argument
 from studies.loadtest import running_server
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -185,7 +185,7 @@ async def flat_png_peak(base: str, rounds: int = 3) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=default_model())
+    add_model_argument(ap)
     ap.add_argument("--normal", type=int, default=100, help="normal one-face requests during the attack")
     ap.add_argument("--soak", type=int, default=2000, help="bad requests in the soak (0: skip)")
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "hardening.json"))

@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ff_keras.paths import default_model
+from ff_keras.paths import add_model_argument, default_model
 
-MODEL_HELP = ".onnx, .keras or SavedModel with model_info.json beside it (default: $FF_MODEL, else the shipped model)"
 
 
 def annotate_main(argv: list[str] | None = None) -> int:
@@ -33,7 +32,7 @@ def annotate_main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, path lists or URLs")
     ap.add_argument("--out", required=True, help="output folder (Parquet parts + manifest); rerun to resume")
-    ap.add_argument("--model", default=default_model(), help=MODEL_HELP)
+    add_model_argument(ap)
     ap.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTOR_ALIASES),
                     help="face detector; 'none' = every input already is an aligned face crop")
     ap.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side to find, pixels")

@@ -19,14 +19,12 @@ from pathlib import Path
 
 from ff_keras.evaluation import run as eval_pipeline, report
 from ff_keras.config import load_config
-from ff_keras.paths import default_model
+from ff_keras.paths import add_model_argument
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=default_model(),
-                    help=".keras file, SavedModel directory or .onnx file"
-                    " (default: $FF_MODEL, else the shipped models/ff_dlib_resnet150.onnx)")
+    add_model_argument(ap)
     ap.add_argument("--split", default="test", choices=("train", "val", "test"))
     ap.add_argument("--out", required=True, help="output folder for the report")
     ap.add_argument("--config", default=None, help="YAML config (data sources, manifests, evaluation.*)")

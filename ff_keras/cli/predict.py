@@ -23,15 +23,13 @@ from pathlib import Path
 
 from ff_keras.faces.analyze import DETECTOR_ALIASES, analyze, expand_inputs, format_table, write_annotated
 from ff_keras.faces.detect import DEFAULT_DETECTOR, MIN_FACE
-from ff_keras.paths import default_model
+from ff_keras.paths import add_model_argument
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    ap.add_argument("--model", default=default_model(),
-                    help=".keras file, SavedModel folder or .onnx, with model_info.json beside it "
-                    "(default: $FF_MODEL, else the shipped models/ff_dlib_resnet150.onnx)")
+    add_model_argument(ap)
     ap.add_argument("--detector", default=DEFAULT_DETECTOR, choices=sorted(DETECTOR_ALIASES),
                     help="face detector; 'dlib' = dlib HOG; 'none' = inputs already are aligned faces "
                     f"(default {DEFAULT_DETECTOR})")

@@ -25,15 +25,13 @@ from pathlib import Path
 
 from ff_keras.faces.analyze import DETECTOR_ALIASES
 from ff_keras.serve.app import ServeSettings
-from ff_keras.paths import default_model
+from ff_keras.paths import add_model_argument
 
 
 def main(argv: list[str] | None = None) -> int:
     d = ServeSettings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=default_model(),
-                    help="model.onnx (or .keras / SavedModel dir) with model_info.json"
-                    " (default: $FF_MODEL, else the shipped models/ff_dlib_resnet150.onnx)")
+    add_model_argument(ap)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--workers", type=int, default=1)
